@@ -1,0 +1,178 @@
+"""The public API a stage plugin is written against.
+
+A plugin subclasses :class:`Stage`, declares a pydantic parameter model
+(subclass of :class:`Params`), the artifact kinds it consumes and produces,
+and implements :meth:`Stage.run`.  The engine never imports a stage module by
+name: plugins are found through the ``recipe_runner.stages`` entry-point group.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+from pydantic import BaseModel, ConfigDict
+
+from .artifacts import Artifact
+
+
+class Params(BaseModel):
+    """Base class of every stage's parameters: strict, unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+@dataclass(frozen=True)
+class Input:
+    """An input slot: the artifact kind(s) it accepts, and whether it may be absent."""
+
+    kinds: tuple[str, ...]
+    optional: bool = False
+    description: str = ""
+
+    def __init__(self, *kinds: str, optional: bool = False, description: str = ""):
+        if not kinds:
+            raise ValueError("Input needs at least one artifact kind")
+        object.__setattr__(self, "kinds", tuple(kinds))
+        object.__setattr__(self, "optional", optional)
+        object.__setattr__(self, "description", description)
+
+
+@dataclass
+class PlanView:
+    """What a stage's ``cross_check`` sees at validate time: its own params and,
+    for each resolved input slot, the producing stage's name, type and params."""
+
+    name: str
+    params: Params
+    upstream: dict[str, tuple[str, str, Params]] = field(default_factory=dict)
+
+
+class Progress:
+    """Progress reporting handed to stages; the CLI renders it (rich bar on a
+    terminal, periodic log lines otherwise)."""
+
+    def __init__(self, sink: "ProgressSink | None", description: str, total: float | None):
+        self._sink = sink
+        self.description = description
+        self.total = total
+        self.completed = 0.0
+
+    def advance(self, amount: float = 1.0) -> None:
+        self.completed += amount
+        if self._sink is not None:
+            self._sink.update(self)
+
+    def update(self, completed: float) -> None:
+        self.completed = completed
+        if self._sink is not None:
+            self._sink.update(self)
+
+
+class ProgressSink:
+    def start(self, progress: Progress) -> None: ...
+    def update(self, progress: Progress) -> None: ...
+    def stop(self, progress: Progress) -> None: ...
+
+
+@dataclass
+class StageContext:
+    """Everything a running stage gets from the runner."""
+
+    name: str
+    params: Params
+    inputs: dict[str, Artifact | None]
+    output_dir: Path
+    checkpoint_dir: Path
+    seed: int
+    log: logging.Logger
+    metrics: dict[str, Any] = field(default_factory=dict)
+    resumed: bool = False
+    recipe_name: str = ""
+    lineage: dict[str, Any] = field(default_factory=dict)
+    progress_sink: ProgressSink | None = None
+
+    def output_path(self, output: str) -> Path:
+        """Directory where the stage writes the named output (created)."""
+        path = self.output_dir / output
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def input(self, slot: str) -> Artifact:
+        art = self.inputs.get(slot)
+        if art is None:
+            raise KeyError(f"stage {self.name!r} has no input {slot!r}")
+        return art
+
+    def progress(self, description: str, total: float | None = None) -> "_ProgressCM":
+        return _ProgressCM(Progress(self.progress_sink, description, total), self.progress_sink)
+
+
+class _ProgressCM:
+    def __init__(self, progress: Progress, sink: ProgressSink | None):
+        self.progress, self.sink = progress, sink
+
+    def __enter__(self) -> Progress:
+        if self.sink is not None:
+            self.sink.start(self.progress)
+        return self.progress
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.sink is not None:
+            self.sink.stop(self.progress)
+
+
+class Stage:
+    """Base class of stage plugins.
+
+    Class attributes a plugin sets:
+
+    - ``name``: its registry name (the entry-point name), e.g. ``"filter"``.
+    - ``version``: bump it when the stage's behaviour changes; it is part of the
+      fingerprint, so cached outputs of older versions are not reused.
+    - ``Params``: its parameter model, a subclass of :class:`Params`.
+    - ``inputs``: ``{slot: Input(kind, ...)}``; ``outputs``: ``{output: kind}``.
+      Override :meth:`input_slots` / :meth:`output_slots` where they depend on
+      the parameters.
+    - ``aliases``: other registry names the same class answers to.
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    description: ClassVar[str] = ""
+    Params: ClassVar[type[Params]] = Params
+    inputs: ClassVar[Mapping[str, Input]] = {}
+    outputs: ClassVar[Mapping[str, str]] = {}
+    aliases: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def input_slots(cls, params: Params) -> Mapping[str, Input]:
+        return cls.inputs
+
+    @classmethod
+    def output_slots(cls, params: Params) -> Mapping[str, str]:
+        return cls.outputs
+
+    @classmethod
+    def fingerprint_extra(cls, params: Params) -> Any:
+        """Extra content the fingerprint must cover, e.g. the size and mtime of
+        local files a source stage reads.  Must be cheap."""
+        return None
+
+    @classmethod
+    def cross_check(cls, view: PlanView) -> list[str]:
+        """Consistency checks against upstream stages' parameters, run at
+        validate time.  Return a list of error messages."""
+        return []
+
+    def run(self, ctx: StageContext) -> Mapping[str, Artifact] | None:
+        """Do the work.  Write each declared output under ``ctx.output_path(name)``
+        and return ``{name: Artifact}`` (or None to take the defaults: each
+        output at ``ctx.output_dir / name`` with empty metadata)."""
+        raise NotImplementedError
+
+
+class StageError(Exception):
+    """Raised by a stage for a failure the user must fix (bad data, missing
+    dependency); the runner prints the message without a traceback."""
