@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .artifacts import Artifact
+from .runner import collect_outputs
 from .stage import Stage, StageContext
 
 
@@ -53,21 +54,3 @@ def run_stage(
     returned = stage_cls().run(ctx) or {}
     outputs = collect_outputs(stage_cls, p, ctx, returned)
     return StageResult(outputs=outputs, metrics=ctx.metrics, context=ctx)
-
-
-def collect_outputs(stage_cls: type[Stage], params: Any, ctx: StageContext,
-                    returned: Mapping[str, Artifact]) -> dict[str, Artifact]:
-    """The runner's rule for a stage's outputs: what ``run`` returned, else each
-    declared output at ``output_dir/<name>``; every declared output must exist."""
-    outputs: dict[str, Artifact] = {}
-    for out_name, kind in stage_cls.output_slots(params).items():
-        art = returned.get(out_name)
-        if art is None:
-            art = Artifact(kind=kind, path=ctx.output_dir / out_name)
-        if art.kind != kind:
-            raise TypeError(f"stage {ctx.name!r} returned a {art.kind!r} for output {out_name!r}, declared {kind!r}")
-        if not Path(art.path).exists():
-            raise FileNotFoundError(f"stage {ctx.name!r} did not write its output {out_name!r} ({art.path})")
-        art.producer = ctx.name
-        outputs[out_name] = art
-    return outputs

@@ -1,0 +1,282 @@
+"""The `recipe` command line.  Imports stay light: nothing here (nor in the
+engine modules it loads) imports torch; stages import heavy libraries only
+when they run."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Build language models from declarative YAML recipes.\n\n"
+                       "recipe run RECIPE runs its stages with content-addressed caching; "
+                       "re-running resumes where it stopped.")
+
+EXIT_OK, EXIT_STAGE_FAILED, EXIT_INVALID = 0, 1, 2
+
+RecipeArg = typer.Argument(..., help="path to a recipe YAML (or the name of a bundled example, see `recipe ls`)")
+SetOpt = typer.Option(None, "--set", help="override a value: KEY.PATH=VALUE (VALUE parsed as YAML); repeatable")
+WorkdirOpt = typer.Option(Path("runs"), "--workdir", help="where run directories live")
+
+
+def _load(recipe: str, overrides: list[str] | None):
+    from .console import console
+    from .errors import RecipeError
+    from .recipe import load_recipe
+
+    try:
+        return load_recipe(_recipe_path(recipe), overrides or [])
+    except RecipeError as e:
+        typer.echo(e.format(), err=True)
+        raise typer.Exit(EXIT_INVALID)
+
+
+def _recipe_path(recipe: str) -> Path:
+    p = Path(recipe)
+    if p.exists() or p.suffix in (".yaml", ".yml") or "/" in recipe:
+        return p
+    from .examples import example_path
+
+    return example_path(recipe) or p
+
+
+@app.command()
+def run(
+    recipe: str = RecipeArg,
+    set_: Optional[list[str]] = SetOpt,
+    workdir: Path = WorkdirOpt,
+    from_: Optional[str] = typer.Option(None, "--from", help="start at this stage (earlier ones must be cached)"),
+    until: Optional[str] = typer.Option(None, "--until", help="stop after this stage"),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="run just this stage (repeatable)"),
+    force: Optional[list[str]] = typer.Option(None, "--force", help="re-run this stage (and what depends on it) even if cached"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, run nothing"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run a recipe's stages, reusing every cached stage and resuming interrupted ones."""
+    from .console import progress_sink, setup_logging, stdout, summary_table
+    from .errors import RunError
+    from .runner import Runner, Selection
+
+    setup_logging(verbose)
+    r = _load(recipe, set_)
+    sel = Selection(from_, until, list(only or []), list(force or []))
+    runner = Runner(r, workdir, progress_sink=progress_sink(), on_event=_print_event)
+    try:
+        if dry_run:
+            _print_plan(runner.plan(sel), r.name)
+            raise typer.Exit(EXIT_OK)
+        result = runner.run(sel)
+    except RunError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(EXIT_INVALID)
+    except KeyboardInterrupt as e:
+        typer.echo(f"stopped: {e}", err=True)
+        raise typer.Exit(130)
+    stdout.print(summary_table(result.manifest, f"recipe {r.name}"))
+    typer.echo(f"run directory: {runner.store.root}\nmanifest: {runner.store.manifest_path}")
+    typer.echo(f"runner overhead: {result.runner_seconds:.2f}s (time outside the stages' own work)")
+    if not result.ok:
+        typer.echo(f"stage '{result.failed_stage}' failed: {result.error}", err=True)
+        typer.echo("fix the cause and run the same command again: finished stages are reused and "
+                   "the failed one resumes from its checkpoints.", err=True)
+        raise typer.Exit(EXIT_STAGE_FAILED)
+
+
+def _print_event(event: str, data: dict[str, Any]) -> None:
+    import logging
+
+    item = data["item"]
+    log = logging.getLogger("recipe_runner")
+    if event == "start":
+        log.info("stage %s (%s): running [%s] fingerprint %s", item.stage.name, item.stage.type, item.reason,
+                 item.fingerprint[:12])
+    elif event == "cached":
+        log.info("stage %s (%s): cached", item.stage.name, item.stage.type)
+    elif event == "end":
+        e = data["entry"]
+        if e["status"] == "done":
+            log.info("stage %s: done in %.1fs", item.stage.name, e.get("seconds") or 0)
+        else:
+            log.error("stage %s: %s", item.stage.name, e.get("error"))
+
+
+def _print_plan(items, name: str) -> None:
+    from rich.table import Table
+
+    from .console import stdout
+
+    t = Table(title=f"plan for {name}")
+    for c in ("stage", "type", "action", "why", "fingerprint"):
+        t.add_column(c)
+    for it in items:
+        colour = {"run": "yellow", "cached": "green", "skip": "dim"}[it.action]
+        t.add_row(it.stage.name, it.stage.type, f"[{colour}]{it.action}[/]", it.reason, it.fingerprint[:12])
+    stdout.print(t)
+
+
+@app.command()
+def validate(recipe: str = RecipeArg, set_: Optional[list[str]] = SetOpt) -> None:
+    """Check a recipe (schema, every stage's parameters, inputs between stages) without running anything."""
+    r = _load(recipe, set_)
+    typer.echo(f"{r.file}: ok ({len(r.stages)} stages: {', '.join(s.name for s in r.stages)})")
+
+
+@app.command()
+def plan(recipe: str = RecipeArg, set_: Optional[list[str]] = SetOpt, workdir: Path = WorkdirOpt,
+         from_: Optional[str] = typer.Option(None, "--from"), until: Optional[str] = typer.Option(None, "--until"),
+         only: Optional[list[str]] = typer.Option(None, "--only"),
+         force: Optional[list[str]] = typer.Option(None, "--force"),
+         as_json: bool = typer.Option(False, "--json")) -> None:
+    """Show what `recipe run` would do and why (new / parameters changed / input changed / cached)."""
+    from .console import console
+    from .errors import RunError
+    from .runner import Selection, plan as make_plan
+    from .store import RunStore
+
+    r = _load(recipe, set_)
+    try:
+        items = make_plan(r, RunStore(workdir, r.name), Selection(from_, until, list(only or []), list(force or [])))
+    except RunError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(EXIT_INVALID)
+    if as_json:
+        typer.echo(json.dumps([{"name": i.stage.name, "type": i.stage.type, "action": i.action, "reason": i.reason,
+                                "fingerprint": i.fingerprint} for i in items], indent=2))
+    else:
+        _print_plan(items, r.name)
+
+
+@app.command()
+def show(recipe: str = RecipeArg, set_: Optional[list[str]] = SetOpt,
+         full: bool = typer.Option(False, "--full", help="also print every parameter's default")) -> None:
+    """Print the fully resolved recipe (after extends, --set and ${vars})."""
+    import yaml
+
+    r = _load(recipe, set_)
+    typer.echo(yaml.safe_dump(r.resolved_dict(full=full), sort_keys=False, allow_unicode=True, width=100))
+
+
+@app.command()
+def status(recipe: str = RecipeArg, set_: Optional[list[str]] = SetOpt, workdir: Path = WorkdirOpt,
+           as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """State of each stage of a recipe's run directory: pending, running, done or failed."""
+    from .console import stdout, summary_table
+    from .runner import status as run_status
+
+    r = _load(recipe, set_)
+    st = run_status(r, workdir)
+    if as_json:
+        typer.echo(json.dumps(st, indent=2, default=str))
+    else:
+        stdout.print(summary_table(st, f"{r.name}  ({st['run_dir']})"))
+
+
+@app.command()
+def stages(name: Optional[str] = typer.Argument(None, help="a stage type: print its parameters")) -> None:
+    """List installed stage plugins, or one stage's parameters."""
+    from rich.table import Table
+
+    from .console import stdout
+    from .docs import params_rows
+    from .registry import PluginError, default_registry
+
+    reg = default_registry()
+    if name is None:
+        t = Table(title="stage plugins (entry-point group recipe_runner.stages)")
+        for c in ("type", "version", "from", "description"):
+            t.add_column(c, overflow="fold")
+        for n in reg.names():
+            try:
+                d = reg.describe(n)
+                alias = f" (alias of {d['canonical']})" if d["canonical"] != n else ""
+                t.add_row(n, d["version"], d["distribution"], d["description"] + alias)
+            except PluginError as e:
+                t.add_row(n, "?", reg.entry(n).distribution if len(reg._entries[n]) == 1 else "?", f"[red]{e}[/]")
+        stdout.print(t)
+        return
+    try:
+        cls = reg.load(name)
+    except PluginError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(EXIT_INVALID)
+    d = reg.describe(name)
+    stdout.print(f"[bold]{name}[/] v{d['version']} from {d['distribution']}\n{d['description']}\n")
+    p = cls.Params() if not any(f.is_required() for f in cls.Params.model_fields.values()) else None
+    ins = cls.input_slots(p) if p is not None else cls.inputs
+    outs = cls.output_slots(p) if p is not None else cls.outputs
+    if ins:
+        stdout.print("inputs:  " + ", ".join(f"{k} ({' | '.join(v.kinds)}{', optional' if v.optional else ''})"
+                                              for k, v in ins.items()), markup=False)
+    if outs:
+        stdout.print("outputs: " + ", ".join(f"{k} ({v})" for k, v in outs.items()), markup=False)
+    t = Table(title="parameters")
+    for c in ("name", "type", "default", "description"):
+        t.add_column(c, overflow="fold")
+    for row in params_rows(cls.Params):
+        t.add_row(*row)
+    stdout.print(t)
+
+
+@app.command()
+def schema(output: Optional[Path] = typer.Option(None, "--output", "-o", help="write to this file")) -> None:
+    """Print the JSON Schema of recipes, with every registered plugin's parameters."""
+    from .docs import recipe_json_schema
+
+    text = json.dumps(recipe_json_schema(), indent=2, sort_keys=True) + "\n"
+    if output:
+        output.write_text(text)
+        typer.echo(f"wrote {output}")
+    else:
+        typer.echo(text, nl=False)
+
+
+@app.command("new-stage")
+def new_stage(name: str = typer.Argument(..., help="registry name of the new stage, e.g. my_filter"),
+              dest: Path = typer.Option(Path("."), "--dir", help="create the package under this directory")) -> None:
+    """Scaffold a stage plugin package: pyproject with the entry point, a parameter model, a test."""
+    from .scaffold import scaffold
+
+    try:
+        root = scaffold(name, dest)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(EXIT_INVALID)
+    typer.echo(f"created {root}\nnext: pip install -e {root} && pytest {root}")
+
+
+@app.command("ls")
+def ls() -> None:
+    """List the example recipes bundled with recipe-runner."""
+    from .examples import list_examples
+
+    for name, desc in list_examples():
+        typer.echo(f"{name:28s} {desc}")
+
+
+@app.command("cp")
+def cp(name: str = typer.Argument(..., help="example recipe name (see `recipe ls`)"),
+       dest: Path = typer.Argument(Path("."), help="file or directory to copy it to")) -> None:
+    """Copy a bundled example recipe (and any base it extends) out to edit it."""
+    from .examples import copy_example
+
+    try:
+        written = copy_example(name, dest)
+    except (FileNotFoundError, FileExistsError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(EXIT_INVALID)
+    for w in written:
+        typer.echo(f"wrote {w}")
+
+
+def main() -> None:
+    try:
+        app()
+    except BrokenPipeError:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Terminal output: rich progress bars and tables on a terminal, plain log
+lines otherwise (CI logs, pipes)."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .stage import Progress, ProgressSink
+
+console = Console(stderr=True)
+stdout = Console()
+
+
+def is_tty() -> bool:
+    return console.is_terminal
+
+
+def setup_logging(verbose: bool = False) -> None:
+    root = logging.getLogger("recipe_runner")
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    if is_tty():
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(console=console, show_path=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root.addHandler(handler)
+
+
+class RichProgressSink(ProgressSink):
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RP, TextColumn, TimeElapsedColumn
+
+        self.rp = RP(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                     console=console, transient=True)
+        self.tasks: dict[int, Any] = {}
+        self.active = 0
+
+    def start(self, p: Progress) -> None:
+        if self.active == 0:
+            self.rp.start()
+        self.active += 1
+        self.tasks[id(p)] = self.rp.add_task(p.description, total=p.total)
+
+    def update(self, p: Progress) -> None:
+        if id(p) in self.tasks:
+            self.rp.update(self.tasks[id(p)], completed=p.completed)
+
+    def stop(self, p: Progress) -> None:
+        task = self.tasks.pop(id(p), None)
+        if task is not None:
+            self.rp.remove_task(task)
+        self.active -= 1
+        if self.active == 0:
+            self.rp.stop()
+
+
+class LogProgressSink(ProgressSink):
+    """Plain lines, at most one every ``every`` seconds per bar."""
+
+    def __init__(self, every: float = 15.0) -> None:
+        self.every = every
+        self.last: dict[int, float] = {}
+        self.log = logging.getLogger("recipe_runner.progress")
+
+    def _line(self, p: Progress) -> None:
+        total = f"/{p.total:g}" if p.total else ""
+        self.log.info("%s: %g%s", p.description, p.completed, total)
+
+    def start(self, p: Progress) -> None:
+        self.last[id(p)] = time.monotonic()
+
+    def update(self, p: Progress) -> None:
+        now = time.monotonic()
+        if now - self.last.get(id(p), 0) >= self.every:
+            self.last[id(p)] = now
+            self._line(p)
+
+    def stop(self, p: Progress) -> None:
+        self.last.pop(id(p), None)
+        self._line(p)
+
+
+def progress_sink() -> ProgressSink:
+    return RichProgressSink() if is_tty() else LogProgressSink()
+
+
+def format_metrics(metrics: dict[str, Any], limit: int = 4) -> str:
+    items = []
+    for k, v in metrics.items():
+        if isinstance(v, float):
+            items.append(f"{k}={v:.4g}")
+        elif isinstance(v, (int, str)) and len(str(v)) < 30:
+            items.append(f"{k}={v}")
+        if len(items) >= limit:
+            break
+    return ", ".join(items)
+
+
+def summary_table(manifest: dict[str, Any], title: str) -> Table:
+    t = Table(title=title)
+    for col in ("stage", "type", "status", "seconds", "metrics"):
+        t.add_column(col, overflow="fold")
+    style = {"done": "green", "failed": "red", "running": "yellow", "pending": "dim"}
+    for e in manifest["stages"]:
+        status = e["status"] + (" (cached)" if e.get("cached") else "")
+        secs = "" if e.get("seconds") is None else f"{e['seconds']:.1f}"
+        t.add_row(e["name"], e["type"], f"[{style.get(e['status'], '')}]{status}[/]", secs,
+                  e.get("error") or format_metrics(e.get("metrics") or {}))
+    return t

@@ -1,0 +1,554 @@
+"""Recipe loading and validation.
+
+Pipeline: YAML (with locations) -> ``extends:`` merge -> ``--set`` overrides
+-> ``${...}`` interpolation -> pydantic validation of the recipe and of each
+stage's parameters (the plugin's own model) -> input binding and cross-stage
+checks.  Every problem found is collected, with file:line, stage and field,
+and raised together as one :class:`RecipeError`."""
+from __future__ import annotations
+
+import os
+import re
+import sysconfig
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import Problem, RecipeError, closest
+from .located_yaml import LocDict, LocList, load_located, locate, loads_located, to_plain
+from .registry import PluginError, Registry, default_registry
+from .stage import Input, Params, PlanView, Stage
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+VAR_RE = re.compile(r"(?<!\$)\$\{([^}]*)\}")
+
+
+class StageSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: str = Field(description="the stage plugin's registry name (see `recipe stages`)")
+    name: str | None = Field(None, description="unique stage name; defaults to the type")
+    params: dict[str, Any] = Field(default_factory=dict, description="the plugin's parameters")
+    inputs: dict[str, str] = Field(default_factory=dict,
+                                   description="input slot -> earlier stage name (or 'stage.output')")
+    after: str | None = Field(None, description="with extends: insert this new stage after the named base stage")
+    before: str | None = Field(None, description="with extends: insert this new stage before the named base stage")
+
+
+class RecipeSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="recipe name; names the run directory")
+    description: str = ""
+    seed: int = Field(0, description="global seed, part of every stage's fingerprint")
+    extends: str | list[str] | None = Field(None, description="base recipe path(s), relative to this file")
+    vars: dict[str, Any] = Field(default_factory=dict, description="values reused as ${vars.NAME}")
+    defaults: dict[str, Any] = Field(default_factory=dict,
+                                     description="parameters filled into every stage whose plugin has that field")
+    stages: list[StageSpec] = Field(min_length=1)
+
+
+@dataclass
+class Binding:
+    """Which upstream output feeds an input slot."""
+
+    stage: str
+    output: str
+    kind: str
+
+
+@dataclass
+class ResolvedStage:
+    index: int
+    name: str
+    type: str
+    stage_cls: type[Stage]
+    params: Params
+    bindings: dict[str, Binding | None]
+    outputs: dict[str, str]
+
+    def params_json(self) -> dict[str, Any]:
+        return self.params.model_dump(mode="json")
+
+
+@dataclass
+class Recipe:
+    name: str
+    description: str
+    seed: int
+    vars: dict[str, Any]
+    defaults: dict[str, Any]
+    stages: list[ResolvedStage]
+    file: Path
+    merged: dict[str, Any] = field(default_factory=dict)  # after extends/--set/vars, plain
+
+    def stage(self, name: str) -> ResolvedStage:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        hint = closest(name, [s.name for s in self.stages])
+        raise KeyError(f"no stage named '{name}' in recipe '{self.name}'"
+                       + (f" (did you mean '{hint}'?)" if hint else "")
+                       + f"; stages: {', '.join(s.name for s in self.stages)}")
+
+    def resolved_dict(self, full: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name}
+        if self.description:
+            out["description"] = self.description
+        out["seed"] = self.seed
+        if self.vars:
+            out["vars"] = self.vars
+        if self.defaults:
+            out["defaults"] = self.defaults
+        stages = []
+        for s in self.stages:
+            params = s.params.model_dump(mode="json") if full else s.params.model_dump(mode="json", exclude_unset=True)
+            entry: dict[str, Any] = {"name": s.name, "type": s.type, "params": params}
+            ins = {slot: f"{b.stage}.{b.output}" for slot, b in s.bindings.items() if b is not None}
+            if ins:
+                entry["inputs"] = ins
+            stages.append(entry)
+        out["stages"] = stages
+        return out
+
+
+# ---------------------------------------------------------------- paths/vars
+
+def builtin_paths(recipe_file: Path) -> dict[str, str]:
+    from importlib.resources import files
+
+    try:
+        data = str(files("recipe_runner_recipes").joinpath("data"))
+    except ModuleNotFoundError:
+        data = str(Path(__file__).resolve().parent.parent / "recipes" / "data")
+    return {
+        "data": data,
+        "stdlib": sysconfig.get_paths()["stdlib"],
+        "recipe_dir": str(recipe_file.resolve().parent),
+        "cwd": os.getcwd(),
+    }
+
+
+# ---------------------------------------------------------------- merging
+
+def _stage_key(entry: Any) -> Any:
+    if isinstance(entry, dict):
+        return entry.get("name") or entry.get("type")
+    return None
+
+
+def deep_merge(base: Any, over: Any) -> Any:
+    """``over`` onto ``base``: mappings merge key by key, everything else is replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = LocDict(base)
+        out.locs = dict(getattr(base, "locs", {}))
+        out.loc = getattr(over, "loc", None) or getattr(base, "loc", None)
+        for k, v in over.items():
+            out[k] = deep_merge(base[k], v) if k in base else v
+            if k in getattr(over, "locs", {}):
+                out.locs[k] = over.locs[k]
+        return out
+    return over
+
+
+def merge_stages(base: list, over: list, problems: list[Problem]) -> LocList:
+    """Stages merge by name: a child entry with a base stage's name deep-merges
+    into it; a new one is appended, or placed by ``after:`` / ``before:``."""
+    out = LocList(base)
+    out.locs = list(getattr(base, "locs", [None] * len(base)))
+    out.loc = getattr(base, "loc", None)
+    over_locs = getattr(over, "locs", [None] * len(over))
+    for i, entry in enumerate(over):
+        key = _stage_key(entry)
+        idx = next((j for j, b in enumerate(out) if _stage_key(b) == key), None)
+        if idx is not None:
+            out[idx] = deep_merge(out[idx], entry)
+            continue
+        pos = len(out)
+        anchor = entry.get("after") or entry.get("before") if isinstance(entry, dict) else None
+        if anchor:
+            j = next((j for j, b in enumerate(out) if _stage_key(b) == anchor), None)
+            if j is None:
+                loc = over_locs[i] or (None, None, None)
+                problems.append(Problem(f"no base stage named '{anchor}' to insert next to", loc[0], loc[1], loc[2],
+                                        stage=str(key), suggestion=closest(anchor, [_stage_key(b) for b in out])))
+            else:
+                pos = j + 1 if entry.get("after") else j
+        out.insert(pos, entry)
+        out.locs.insert(pos, over_locs[i])
+    return out
+
+
+def load_merged(path: Path, problems: list[Problem], _seen: tuple[Path, ...] = ()) -> Any:
+    path = path.resolve()
+    if path in _seen:
+        raise RecipeError([Problem("extends: cycle: " + " -> ".join(str(p) for p in _seen + (path,)), str(path))])
+    data = load_located(path)
+    if not isinstance(data, dict):
+        raise RecipeError([Problem("a recipe must be a YAML mapping (name:, stages:, ...)", str(path), 1, 1)])
+    ext = data.get("extends")
+    if not ext:
+        return data
+    bases = [ext] if isinstance(ext, str) else list(ext)
+    merged: Any = None
+    for b in bases:
+        bpath = (path.parent / str(b))
+        if not bpath.exists():
+            loc = data.locs.get("extends", (str(path), None, None))
+            raise RecipeError([Problem(f"extends: base recipe not found: {bpath}", loc[0], loc[1], loc[2], field="extends")])
+        base = load_merged(bpath, problems, _seen + (path,))
+        merged = base if merged is None else _merge_recipe(merged, base, problems)
+    out = _merge_recipe(merged, data, problems)
+    out.pop("extends", None)
+    return out
+
+
+def _merge_recipe(base: Any, over: Any, problems: list[Problem]) -> Any:
+    stages_over = over.get("stages")
+    plain_over = LocDict({k: v for k, v in over.items() if k != "stages"})
+    plain_over.locs = {k: v for k, v in over.locs.items() if k != "stages"}
+    plain_over.loc = over.loc
+    out = deep_merge(base, plain_over)
+    if stages_over is not None:
+        if isinstance(base.get("stages"), list) and isinstance(stages_over, list):
+            out["stages"] = merge_stages(base["stages"], stages_over, problems)
+        else:
+            out["stages"] = stages_over
+        out.locs["stages"] = over.locs.get("stages")
+    return out
+
+
+# ---------------------------------------------------------------- --set
+
+def apply_set(data: Any, assignment: str, problems: list[Problem]) -> None:
+    """``a.b.c=value``; under ``stages`` a segment may name a stage."""
+    where = f"--set {assignment}"
+    if "=" not in assignment:
+        problems.append(Problem("expected KEY.PATH=VALUE", where))
+        return
+    key, raw = assignment.split("=", 1)
+    try:
+        value = loads_located(raw, where) if raw.strip() else ""
+    except RecipeError as e:
+        problems.extend(e.problems)
+        return
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        problems.append(Problem("empty key", where))
+        return
+    node = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            idx = None
+            if part.isdigit() and int(part) < len(node):
+                idx = int(part)
+            else:
+                idx = next((j for j, e in enumerate(node) if _stage_key(e) == part), None)
+            if idx is None:
+                problems.append(Problem(f"no stage '{part}'", where, field=".".join(parts[:i + 1]),
+                                        suggestion=closest(part, [_stage_key(e) for e in node])))
+                return
+            if last:
+                node[idx] = value
+                return
+            node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+                if hasattr(node, "locs"):
+                    node.locs[part] = (where, None, None)
+                return
+            if part not in node or not isinstance(node[part], (dict, list)):
+                node[part] = LocDict()
+                node[part].loc = (where, None, None)
+                if hasattr(node, "locs"):
+                    node.locs[part] = (where, None, None)
+            node = node[part]
+        else:
+            problems.append(Problem(f"cannot set inside a {type(node).__name__}", where, field=".".join(parts[:i])))
+            return
+
+
+# ---------------------------------------------------------------- ${...}
+
+def interpolate(data: Any, scopes: dict[str, dict[str, Any]], problems: list[Problem],
+                root: Any, path: tuple = ()) -> Any:
+    if isinstance(data, dict):
+        for k in list(data):
+            data[k] = interpolate(data[k], scopes, problems, root, path + (k,))
+        return data
+    if isinstance(data, list):
+        for i in range(len(data)):
+            data[i] = interpolate(data[i], scopes, problems, root, path + (i,))
+        return data
+    if not isinstance(data, str) or "${" not in data:
+        return data
+
+    def lookup(expr: str) -> Any:
+        ns, _, key = expr.strip().partition(".")
+        if ns not in scopes or not key:
+            raise LookupError(f"unknown reference '${{{expr}}}': use ${{vars.NAME}}, ${{paths.NAME}} or ${{env.NAME}}",
+                              closest(ns, scopes) if ns not in scopes else None)
+        cur: Any = scopes[ns]
+        for part in key.split("."):
+            if isinstance(cur, dict) and part in cur:
+                cur = cur[part]
+            else:
+                options = list(cur) if isinstance(cur, dict) else []
+                raise LookupError(f"'${{{expr}}}' is not defined", closest(part, options))
+        return cur
+
+    try:
+        m = VAR_RE.fullmatch(data)
+        if m:
+            value = lookup(m.group(1))
+            if isinstance(value, str) and "${" in value:
+                value = interpolate(value, scopes, problems, root, path)
+            return to_plain(value)
+        out = VAR_RE.sub(lambda mm: str(lookup(mm.group(1))), data)
+        return out.replace("$${", "${")
+    except LookupError as e:
+        loc = locate(root, path) or (None, None, None)
+        problems.append(Problem(e.args[0], loc[0], loc[1], loc[2], field=_dotted(path),
+                                suggestion=e.args[1] if len(e.args) > 1 else None))
+        return data
+
+
+def _dotted(path: tuple) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (("." if out else "") + str(p))
+    return out
+
+
+# ---------------------------------------------------------------- pydantic errors
+
+def _unwrap(tp: Any) -> list[Any]:
+    """Candidate pydantic models (or containers) inside an annotation."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(tp)[0])
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        out = []
+        for a in typing.get_args(tp):
+            out.extend(_unwrap(a))
+        return out
+    return [tp]
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names valid at ``loc`` inside ``model`` (for did-you-mean)."""
+    cands: list[Any] = [model]
+    for part in loc:
+        nxt: list[Any] = []
+        for c in cands:
+            for t in _unwrap(c):
+                origin = typing.get_origin(t)
+                if isinstance(t, type) and issubclass(t, BaseModel):
+                    if isinstance(part, str) and part in t.model_fields:
+                        nxt.extend(_unwrap(t.model_fields[part].annotation))
+                    elif isinstance(part, str):
+                        # a discriminated-union tag: keep the member whose tag matches
+                        for f in t.model_fields.values():
+                            if typing.get_origin(f.annotation) is typing.Literal and part in typing.get_args(f.annotation):
+                                nxt.append(t)
+                elif origin in (list, tuple, set) and isinstance(part, int):
+                    nxt.extend(_unwrap(typing.get_args(t)[0]))
+                elif origin is dict and isinstance(part, str):
+                    nxt.extend(_unwrap(typing.get_args(t)[1]))
+        cands = nxt
+    names: list[str] = []
+    for c in cands:
+        for t in _unwrap(c):
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                names.extend(t.model_fields)
+    return names
+
+
+def _pydantic_problems(err: ValidationError, model: type[BaseModel], root: Any, prefix: tuple,
+                       stage: str | None) -> list[Problem]:
+    out = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        # pydantic appends the union member tag to loc; keep only real keys for locating
+        f, line, col = locate(root, prefix + loc) or (None, None, None)
+        msg = e["msg"]
+        suggestion = None
+        if e["type"] == "extra_forbidden":
+            key = loc[-1]
+            suggestion = closest(str(key), _fields_at(model, loc[:-1]))
+            msg = f"unknown key '{key}'"
+        elif e["type"] == "missing":
+            msg = f"missing required field '{loc[-1]}'"
+        elif "input" in e and e["type"] not in ("missing",):
+            shown = repr(e["input"])
+            if len(shown) > 60:
+                shown = shown[:57] + "..."
+            msg = f"{msg} (got {shown})"
+        out.append(Problem(msg, f, line, col, stage=stage, field=_dotted(prefix + loc) if prefix or loc else None,
+                           suggestion=suggestion))
+    return out
+
+
+# ---------------------------------------------------------------- main entry
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None,
+                registry: Registry | None = None) -> Recipe:
+    """Load, merge, interpolate and validate a recipe; raise RecipeError with
+    every problem found."""
+    registry = registry or default_registry()
+    path = Path(path)
+    problems: list[Problem] = []
+    data = load_merged(path, problems)
+    for assignment in overrides or []:
+        apply_set(data, assignment, problems)
+
+    # ${...}: vars first (they may use paths/env and each other), then the rest
+    scopes: dict[str, Any] = {"paths": builtin_paths(path), "env": dict(os.environ), "vars": {}}
+    raw_vars = data.get("vars") if isinstance(data.get("vars"), dict) else {}
+    scopes["vars"] = raw_vars
+    for _ in range(5):
+        interpolate(raw_vars, scopes, [], data, ("vars",))
+    interpolate(raw_vars, scopes, problems, data, ("vars",))
+    for k in list(data):
+        if k != "vars":
+            data[k] = interpolate(data[k], scopes, problems, data, (k,))
+    if problems:
+        raise RecipeError(problems)
+
+    try:
+        spec = RecipeSpec.model_validate(to_plain(data))
+    except ValidationError as e:
+        raise RecipeError(_pydantic_problems(e, RecipeSpec, data, (), None)) from None
+
+    file_loc = (str(path), None, None)
+    if not NAME_RE.match(spec.name):
+        f, line, col = locate(data, ("name",)) or file_loc
+        problems.append(Problem(f"recipe name '{spec.name}' may use only letters, digits, '.', '_' and '-'",
+                                f, line, col, field="name"))
+
+    # stages: names, plugin types, params
+    resolved: list[ResolvedStage] = []
+    seen: dict[str, int] = {}
+    used_defaults: set[str] = set()
+    for i, s in enumerate(spec.stages):
+        name = s.name or s.type
+        f, line, col = locate(data, ("stages", i)) or file_loc
+        if not NAME_RE.match(name):
+            problems.append(Problem(f"stage name '{name}' may use only letters, digits, '.', '_' and '-'",
+                                    f, line, col, stage=name, field=f"stages[{i}].name"))
+        if name in seen:
+            problems.append(Problem(f"two stages are named '{name}' (the other is stages[{seen[name]}]); "
+                                    "give each a unique `name:`", f, line, col, stage=name))
+        seen[name] = i
+        if s.type not in registry:
+            tf, tline, tcol = locate(data, ("stages", i, "type")) or (f, line, col)
+            problems.append(Problem(f"unknown stage type '{s.type}'", tf, tline, tcol, stage=name,
+                                    field=f"stages[{i}].type", suggestion=registry.suggest(s.type)))
+            continue
+        try:
+            cls = registry.load(s.type)
+        except PluginError as e:
+            problems.append(Problem(str(e), f, line, col, stage=name))
+            continue
+        params_in = dict(to_plain(s.params))
+        for k, v in spec.defaults.items():
+            if k in cls.Params.model_fields:
+                used_defaults.add(k)
+                params_in.setdefault(k, v)
+        try:
+            params = cls.Params.model_validate(params_in)
+        except ValidationError as e:
+            problems.extend(_pydantic_problems(e, cls.Params, data, ("stages", i, "params"), name))
+            continue
+        # explicit params count as "set" for `recipe show`; defaults stay implicit
+        resolved.append(ResolvedStage(i, name, s.type, cls, params, {}, dict(cls.output_slots(params))))
+
+    all_fields = {f for r in resolved for f in r.stage_cls.Params.model_fields}
+    for k in spec.defaults:
+        if k not in used_defaults and resolved:
+            f, line, col = locate(data, ("defaults", k)) or file_loc
+            problems.append(Problem(f"default '{k}' is not a parameter of any stage in this recipe",
+                                    f, line, col, field=f"defaults.{k}", suggestion=closest(k, all_fields)))
+
+    # inputs: explicit or the latest upstream producer of an accepted kind
+    by_name = {r.name: r for r in resolved}
+    for r in resolved:
+        spec_inputs = spec.stages[r.index].inputs
+        slots = dict(r.stage_cls.input_slots(r.params))
+        for slot in spec_inputs:
+            if slot not in slots:
+                f, line, col = locate(data, ("stages", r.index, "inputs", slot)) or file_loc
+                problems.append(Problem(f"'{r.type}' has no input '{slot}' (its inputs: {', '.join(slots) or 'none'})",
+                                        f, line, col, stage=r.name, field=f"stages[{r.index}].inputs.{slot}",
+                                        suggestion=closest(slot, slots)))
+        upstream = [u for u in resolved if u.index < r.index]
+        for slot, want in slots.items():
+            f, line, col = locate(data, ("stages", r.index, "inputs", slot)) or locate(data, ("stages", r.index)) or file_loc
+            if slot in spec_inputs:
+                b, msg, hint = _bind_explicit(spec_inputs[slot], want, upstream, by_name, r)
+            else:
+                b, msg, hint = _bind_default(want, upstream)
+                if b is None and not want.optional:
+                    msg = (f"needs an input '{slot}' ({' or '.join(want.kinds)}) but no earlier stage produces one; "
+                           f"add a stage that does, or name one under `inputs: {{{slot}: STAGE}}`")
+            if msg:
+                problems.append(Problem(msg, f, line, col, stage=r.name, field=f"stages[{r.index}].inputs.{slot}",
+                                        suggestion=hint))
+            r.bindings[slot] = b
+
+    # plugin cross-checks against upstream parameters
+    if not problems:
+        for r in resolved:
+            view = PlanView(r.name, r.params, {slot: (b.stage, by_name[b.stage].type, by_name[b.stage].params)
+                                               for slot, b in r.bindings.items() if b is not None})
+            try:
+                msgs = r.stage_cls.cross_check(view)
+            except Exception as e:  # a plugin bug must not hide as a crash
+                msgs = [f"cross_check of plugin '{r.type}' failed: {type(e).__name__}: {e}"]
+            for m in msgs:
+                f, line, col = locate(data, ("stages", r.index)) or file_loc
+                problems.append(Problem(m, f, line, col, stage=r.name))
+
+    if problems:
+        raise RecipeError(problems)
+
+    merged = to_plain(data)
+    return Recipe(spec.name, spec.description, spec.seed, dict(spec.vars), dict(spec.defaults), resolved,
+                  path, merged)
+
+
+def _bind_explicit(ref: str, want: Input, upstream: list[ResolvedStage], by_name: dict[str, ResolvedStage],
+                   me: ResolvedStage) -> tuple[Binding | None, str | None, str | None]:
+    stage_name, _, out_name = ref.partition(".")
+    if stage_name not in by_name:
+        return None, f"input names stage '{stage_name}', which does not exist", closest(stage_name, by_name)
+    src = by_name[stage_name]
+    if src.index >= me.index:
+        return None, f"input names stage '{stage_name}', which runs after this one (inputs must come from earlier stages)", None
+    if out_name:
+        if out_name not in src.outputs:
+            return None, f"stage '{stage_name}' has no output '{out_name}' (it has: {', '.join(src.outputs)})", \
+                closest(out_name, src.outputs)
+        kind = src.outputs[out_name]
+        if kind not in want.kinds:
+            return None, f"'{stage_name}.{out_name}' is a {kind}, but this input takes {' or '.join(want.kinds)}", None
+        return Binding(stage_name, out_name, kind), None, None
+    matches = [(o, k) for o, k in src.outputs.items() if k in want.kinds]
+    if not matches:
+        return None, (f"stage '{stage_name}' produces {', '.join(src.outputs.values()) or 'nothing'}, "
+                      f"but this input takes {' or '.join(want.kinds)}"), None
+    if len(matches) > 1:
+        return None, (f"stage '{stage_name}' has several outputs this input could take "
+                      f"({', '.join(o for o, _ in matches)}); write '{stage_name}.OUTPUT'"), None
+    return Binding(stage_name, matches[0][0], matches[0][1]), None, None
+
+
+def _bind_default(want: Input, upstream: list[ResolvedStage]) -> tuple[Binding | None, None, None]:
+    for u in reversed(upstream):
+        for o, k in u.outputs.items():
+            if k in want.kinds:
+                return Binding(u.name, o, k), None, None
+    return None, None, None

@@ -1,0 +1,189 @@
+"""The run directory: committed stage outputs keyed by fingerprint, in-stage
+checkpoints that survive crashes, logs, the manifest, and the run lock.
+
+Layout under ``WORKDIR/RECIPE_NAME/``::
+
+    stages/<stage>-<fp12>/          committed output (stage.json written last,
+                                    then the directory renamed into place)
+    tmp/<stage>-<fp12>/             a stage being written (discarded on retry)
+    checkpoints/<stage>-<fp12>/     in-stage checkpoints, kept until commit
+    logs/<stage>.log                per-stage log
+    manifest.json                   the last run's manifest
+    .lock                           held (flock) while a run writes here
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from .artifacts import Artifact
+from .errors import RunError
+
+STAGE_RECORD = "stage.json"
+
+
+def _key(stage: str, fingerprint: str) -> str:
+    return f"{stage}-{fingerprint[:12]}"
+
+
+class RunStore:
+    def __init__(self, workdir: str | Path, recipe_name: str):
+        self.root = Path(workdir).resolve() / recipe_name
+        self.stages_dir = self.root / "stages"
+        self.tmp_dir = self.root / "tmp"
+        self.ckpt_dir = self.root / "checkpoints"
+        self.logs_dir = self.root / "logs"
+        self.manifest_path = self.root / "manifest.json"
+
+    # ---- committed outputs
+    def committed_dir(self, stage: str, fingerprint: str) -> Path:
+        return self.stages_dir / _key(stage, fingerprint)
+
+    def committed(self, stage: str, fingerprint: str) -> dict[str, Any] | None:
+        """The stage record if this fingerprint's output is committed."""
+        rec = self.committed_dir(stage, fingerprint) / STAGE_RECORD
+        try:
+            data = json.loads(rec.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return data if data.get("fingerprint") == fingerprint else None
+
+    def outputs(self, stage: str, fingerprint: str) -> dict[str, Artifact]:
+        rec = self.committed(stage, fingerprint)
+        if rec is None:
+            raise RunError(f"stage '{stage}' has no committed output for fingerprint {fingerprint[:12]}")
+        base = self.committed_dir(stage, fingerprint)
+        return {name: Artifact.from_json(a, base, producer=stage, fingerprint=fingerprint)
+                for name, a in rec["outputs"].items()}
+
+    def prepare(self, stage: str, fingerprint: str) -> tuple[Path, Path]:
+        """A fresh temporary output dir and the (kept) checkpoint dir."""
+        tmp = self.tmp_dir / _key(stage, fingerprint)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        (tmp / "outputs").mkdir(parents=True)
+        ckpt = self.ckpt_dir / _key(stage, fingerprint)
+        ckpt.mkdir(parents=True, exist_ok=True)
+        return tmp, ckpt
+
+    def commit(self, stage: str, fingerprint: str, tmp: Path, record: dict[str, Any]) -> Path:
+        """Atomically publish ``tmp`` as the committed output: the record is
+        written inside it, then the directory is renamed into place."""
+        record = dict(record, fingerprint=fingerprint)
+        rec_path = tmp / STAGE_RECORD
+        rec_path.write_text(json.dumps(record, indent=2, default=str))
+        with open(rec_path, "rb") as fh:
+            os.fsync(fh.fileno())
+        final = self.committed_dir(stage, fingerprint)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():  # --force: replace the previous output
+            trash = self.tmp_dir / (final.name + f".old-{os.getpid()}")
+            os.replace(final, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        os.replace(tmp, final)
+        shutil.rmtree(self.ckpt_dir / _key(stage, fingerprint), ignore_errors=True)
+        return final
+
+    def checkpoint_has_state(self, stage: str, fingerprint: str) -> bool:
+        d = self.ckpt_dir / _key(stage, fingerprint)
+        return d.is_dir() and any(d.iterdir())
+
+    # ---- manifest
+    def read_manifest(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.manifest_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(manifest, indent=2, default=str))
+        os.replace(tmp, self.manifest_path)
+
+    # ---- lock
+    def lock(self) -> "RunLock":
+        return RunLock(self.root / ".lock")
+
+    def lock_holder(self) -> dict[str, Any] | None:
+        """Who holds the lock now (None when nobody does)."""
+        path = self.root / ".lock"
+        if not path.exists():
+            return None
+        with open(path, "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.seek(0)
+                try:
+                    return json.loads(fh.read() or "{}")
+                except json.JSONDecodeError:
+                    return {}
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return None
+
+
+class RunLock:
+    """An exclusive flock on the run directory.  The kernel releases it when the
+    holder dies, so a lock left by a killed run is taken over by the next one
+    (which says so); a live holder makes the next run fail with its pid."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fh = None
+        self.took_over: dict[str, Any] | None = None
+
+    def acquire(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            fh.seek(0)
+            try:
+                holder = json.loads(fh.read() or "{}")
+            except json.JSONDecodeError:
+                holder = {}
+            fh.close()
+            raise RunError(
+                f"run directory {self.path.parent} is in use by another `recipe run` "
+                f"(pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('started', '?')}); "
+                "wait for it to finish or stop it") from None
+        fh.seek(0)
+        previous = fh.read()
+        if previous.strip():
+            try:
+                self.took_over = json.loads(previous)
+            except json.JSONDecodeError:
+                self.took_over = {}
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+        fh.flush()
+        self.fh = fh
+        return self
+
+    def release(self) -> None:
+        if self.fh is not None:
+            self.fh.seek(0)
+            self.fh.truncate()
+            self.fh.flush()
+            fcntl.flock(self.fh, fcntl.LOCK_UN)
+            self.fh.close()
+            self.fh = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()

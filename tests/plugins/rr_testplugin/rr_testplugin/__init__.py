@@ -1,0 +1,104 @@
+"""Small, fast stages that exercise the engine: a resumable counter that
+checkpoints every step, a transform, and a reducer.  They use a custom
+artifact kind ("numbers": a JSON list in numbers.json)."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from pydantic import Field
+
+from recipe_runner import Artifact, Input, Params, PlanView, Stage, StageContext, StageError
+
+NUMBERS = "numbers"
+REPORT = "report"
+
+
+class CountParams(Params):
+    n: int = Field(5, ge=0, description="how many numbers")
+    start: int = Field(0, description="first number")
+    sleep: float = Field(0.0, ge=0, description="seconds per step")
+    fail_at: int | None = Field(None, description="raise at this step (tests failures)")
+
+
+class Count(Stage):
+    """Counts start..start+n-1, one checkpoint per step (resumable)."""
+
+    name = "count"
+    version = "1"
+    Params = CountParams
+    outputs = {"numbers": NUMBERS}
+
+    def run(self, ctx: StageContext):
+        p: CountParams = ctx.params
+        state_file = ctx.checkpoint_dir / "state.json"
+        done: list[int] = json.loads(state_file.read_text()) if state_file.exists() else []
+        if done:
+            ctx.log.info("resuming at step %d", len(done))
+            ctx.metrics["resumed_from_step"] = len(done)
+        with ctx.progress("counting", total=p.n) as bar:
+            bar.update(len(done))
+            for i in range(len(done), p.n):
+                if p.fail_at is not None and i == p.fail_at:
+                    raise StageError(f"planned failure at step {i}")
+                time.sleep(p.sleep)
+                done.append(p.start + i)
+                tmp = state_file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(done))
+                os.replace(tmp, state_file)
+                (ctx.checkpoint_dir / "progress.log").open("a").write(f"{os.getpid()} {i}\n")
+                bar.advance()
+        out = ctx.output_path("numbers")
+        (out / "numbers.json").write_text(json.dumps(done))
+        ctx.metrics["count"] = len(done)
+        return {"numbers": Artifact(NUMBERS, out, {"length": len(done)})}
+
+
+class MultiplyParams(Params):
+    factor: float = Field(2.0, description="multiply every number by this")
+
+
+class Multiply(Stage):
+    """Multiplies numbers by a factor."""
+
+    name = "multiply"
+    Params = MultiplyParams
+    inputs = {"numbers": Input(NUMBERS)}
+    outputs = {"numbers": NUMBERS}
+
+    def run(self, ctx: StageContext):
+        nums = json.loads((ctx.input("numbers").path / "numbers.json").read_text())
+        out = ctx.output_path("numbers")
+        (out / "numbers.json").write_text(json.dumps([x * ctx.params.factor for x in nums]))
+        ctx.metrics["length"] = len(nums)
+
+
+class TotalParams(Params):
+    max_length: int | None = Field(None, description="fail validation if upstream count n is larger")
+
+
+class Total(Stage):
+    """Sums numbers into a report."""
+
+    name = "total"
+    Params = TotalParams
+    inputs = {"numbers": Input(NUMBERS), "extra": Input(NUMBERS, optional=True)}
+    outputs = {"report": REPORT}
+
+    @classmethod
+    def cross_check(cls, view: PlanView) -> list[str]:
+        up = view.upstream.get("numbers")
+        if up and view.params.max_length is not None and up[1] == "count" and up[2].n > view.params.max_length:
+            return [f"upstream '{up[0]}' counts {up[2].n} numbers, more than max_length {view.params.max_length}"]
+        return []
+
+    def run(self, ctx: StageContext):
+        nums = json.loads((ctx.input("numbers").path / "numbers.json").read_text())
+        extra = ctx.inputs.get("extra")
+        if extra is not None:
+            nums += json.loads((extra.path / "numbers.json").read_text())
+        out = ctx.output_path("report")
+        (out / "report.json").write_text(json.dumps({"sum": sum(nums)}))
+        ctx.metrics["sum"] = sum(nums)
+        ctx.metrics["upstream"] = [u["name"] for u in ctx.lineage.get("upstream", [])]
