@@ -23,7 +23,6 @@ WorkdirOpt = typer.Option(Path("runs"), "--workdir", help="where run directories
 
 
 def _load(recipe: str, overrides: list[str] | None):
-    from .console import console
     from .errors import RecipeError
     from .recipe import load_recipe
 
@@ -131,7 +130,6 @@ def plan(recipe: str = RecipeArg, set_: Optional[list[str]] = SetOpt, workdir: P
          force: Optional[list[str]] = typer.Option(None, "--force"),
          as_json: bool = typer.Option(False, "--json")) -> None:
     """Show what `recipe run` would do and why (new / parameters changed / input changed / cached)."""
-    from .console import console
     from .errors import RunError
     from .runner import Selection, plan as make_plan
     from .store import RunStore
