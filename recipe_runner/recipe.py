@@ -418,22 +418,38 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None,
     if problems:
         raise RecipeError(problems)
 
+    # the recipe's own keys, then each stage entry on its own, so one bad
+    # entry does not hide the problems of the others
+    plain = to_plain(data)
+    spec: RecipeSpec | None = None
     try:
-        spec = RecipeSpec.model_validate(to_plain(data))
+        spec = RecipeSpec.model_validate(plain)
     except ValidationError as e:
-        raise RecipeError(_pydantic_problems(e, RecipeSpec, data, (), None)) from None
+        problems.extend(p for p in _pydantic_problems(e, RecipeSpec, data, (), None)
+                        if not (p.field or "").startswith("stages["))
+    raw_stages = plain.get("stages") if isinstance(plain.get("stages"), list) else []
+    stage_specs: list[tuple[int, StageSpec]] = []
+    for i, raw in enumerate(raw_stages):
+        try:
+            stage_specs.append((i, StageSpec.model_validate(raw)))
+        except ValidationError as e:
+            label = (raw.get("name") or raw.get("type")) if isinstance(raw, dict) else None
+            problems.extend(_pydantic_problems(e, StageSpec, data, ("stages", i), label))
+    recipe_name = spec.name if spec else str(plain.get("name", ""))
+    seed = spec.seed if spec else 0
+    defaults = spec.defaults if spec else (plain.get("defaults") if isinstance(plain.get("defaults"), dict) else {})
 
     file_loc = (str(path), None, None)
-    if not NAME_RE.match(spec.name):
+    if recipe_name and not NAME_RE.match(recipe_name):
         f, line, col = locate(data, ("name",)) or file_loc
-        problems.append(Problem(f"recipe name '{spec.name}' may use only letters, digits, '.', '_' and '-'",
+        problems.append(Problem(f"recipe name '{recipe_name}' may use only letters, digits, '.', '_' and '-'",
                                 f, line, col, field="name"))
 
     # stages: names, plugin types, params
     resolved: list[ResolvedStage] = []
     seen: dict[str, int] = {}
     used_defaults: set[str] = set()
-    for i, s in enumerate(spec.stages):
+    for i, s in stage_specs:
         name = s.name or s.type
         f, line, col = locate(data, ("stages", i)) or file_loc
         if not NAME_RE.match(name):
@@ -454,7 +470,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None,
             problems.append(Problem(str(e), f, line, col, stage=name))
             continue
         params_in = dict(to_plain(s.params))
-        for k, v in spec.defaults.items():
+        for k, v in defaults.items():
             if k in cls.Params.model_fields:
                 used_defaults.add(k)
                 params_in.setdefault(k, v)
@@ -467,7 +483,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None,
         resolved.append(ResolvedStage(i, name, s.type, cls, params, {}, dict(cls.output_slots(params))))
 
     all_fields = {f for r in resolved for f in r.stage_cls.Params.model_fields}
-    for k in spec.defaults:
+    for k in defaults:
         if k not in used_defaults and resolved:
             f, line, col = locate(data, ("defaults", k)) or file_loc
             problems.append(Problem(f"default '{k}' is not a parameter of any stage in this recipe",
@@ -476,7 +492,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None,
     # inputs: explicit or the latest upstream producer of an accepted kind
     by_name = {r.name: r for r in resolved}
     for r in resolved:
-        spec_inputs = spec.stages[r.index].inputs
+        spec_inputs = dict(stage_specs)[r.index].inputs
         slots = dict(r.stage_cls.input_slots(r.params))
         for slot in spec_inputs:
             if slot not in slots:
@@ -489,11 +505,13 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None,
             f, line, col = locate(data, ("stages", r.index, "inputs", slot)) or locate(data, ("stages", r.index)) or file_loc
             if slot in spec_inputs:
                 b, msg, hint = _bind_explicit(spec_inputs[slot], want, upstream, by_name, r)
-            else:
+            elif want.auto:
                 b, msg, hint = _bind_default(want, upstream)
-                if b is None and not want.optional:
-                    msg = (f"needs an input '{slot}' ({' or '.join(want.kinds)}) but no earlier stage produces one; "
-                           f"add a stage that does, or name one under `inputs: {{{slot}: STAGE}}`")
+            else:
+                b, msg, hint = None, None, None
+            if b is None and msg is None and not want.optional:
+                msg = (f"needs an input '{slot}' ({' or '.join(want.kinds)}) but no earlier stage produces one; "
+                       f"add a stage that does, or name one under `inputs: {{{slot}: STAGE}}`")
             if msg:
                 problems.append(Problem(msg, f, line, col, stage=r.name, field=f"stages[{r.index}].inputs.{slot}",
                                         suggestion=hint))
@@ -515,9 +533,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None,
     if problems:
         raise RecipeError(problems)
 
-    merged = to_plain(data)
-    return Recipe(spec.name, spec.description, spec.seed, dict(spec.vars), dict(spec.defaults), resolved,
-                  path, merged)
+    assert spec is not None
+    return Recipe(spec.name, spec.description, seed, dict(spec.vars), dict(defaults), resolved, path, plain)
 
 
 def _bind_explicit(ref: str, want: Input, upstream: list[ResolvedStage], by_name: dict[str, ResolvedStage],

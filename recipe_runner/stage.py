@@ -25,18 +25,24 @@ class Params(BaseModel):
 
 @dataclass(frozen=True)
 class Input:
-    """An input slot: the artifact kind(s) it accepts, and whether it may be absent."""
+    """An input slot: the artifact kind(s) it accepts, whether it may be absent,
+    and whether it binds by itself to the latest upstream producer (``auto``)
+    or only when the recipe names a stage under ``inputs:``."""
 
     kinds: tuple[str, ...]
     optional: bool = False
     description: str = ""
+    auto: bool = True
 
-    def __init__(self, *kinds: str, optional: bool = False, description: str = ""):
+    def __init__(self, *kinds: str, optional: bool = False, description: str = "", auto: bool = True):
         if not kinds:
             raise ValueError("Input needs at least one artifact kind")
+        if not auto and not optional:
+            raise ValueError("an input that does not bind automatically must be optional")
         object.__setattr__(self, "kinds", tuple(kinds))
         object.__setattr__(self, "optional", optional)
         object.__setattr__(self, "description", description)
+        object.__setattr__(self, "auto", auto)
 
 
 @dataclass

@@ -83,7 +83,7 @@ class Total(Stage):
 
     name = "total"
     Params = TotalParams
-    inputs = {"numbers": Input(NUMBERS), "extra": Input(NUMBERS, optional=True)}
+    inputs = {"numbers": Input(NUMBERS), "extra": Input(NUMBERS, optional=True, auto=False)}
     outputs = {"report": REPORT}
 
     @classmethod

@@ -1,0 +1,60 @@
+"""Engine tests run the real `recipe` CLI in subprocesses against the
+test-only plugin distribution `rr-testplugin` (tests/plugins/), installed
+into the environment like any third-party plugin."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+
+def recipe_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 120,
+               check: bool | None = None) -> subprocess.CompletedProcess:
+    e = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="200")
+    e.update(env or {})
+    proc = subprocess.run([sys.executable, "-m", "recipe_runner.cli", *args], cwd=cwd, env=e,
+                          capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+def status_json(recipe: Path, workdir: Path, *extra: str) -> dict:
+    proc = recipe_cli("status", str(recipe), "--workdir", str(workdir), "--json", *extra, check=True)
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture()
+def chain(tmp_path) -> Path:
+    return write(tmp_path / "chain.yaml", """
+        name: chain
+        seed: 7
+        stages:
+          - type: count
+            params: {n: 4}
+          - type: multiply
+            params: {factor: 3}
+          - type: total
+        """)
+
+
+@pytest.fixture(autouse=True)
+def _require_test_plugin():
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version("rr-testplugin")
+    except PackageNotFoundError:
+        pytest.fail("the test plugin is not installed: pip install -e tests/plugins/rr_testplugin "
+                    "tests/plugins/rr_testplugin_dup (the README's test command does this)")
