@@ -1,0 +1,204 @@
+"""``eval``: evaluate a causal LM -- held-out perplexity, lm-eval-harness
+tasks (the leaderboard set for users with the hub, the project's offline
+TruthfulQA / OpenBookQA task files for everyone), and sample generations for
+given prompts.  Everything lands in ``report.json`` (+ a table in
+``report.md`` and the log) and in flat metrics such as ``perplexity`` or
+``truthfulqa_mc2_local/acc``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from recipe_runner.artifacts import DATASET, EVAL_REPORT, MODEL, PACKED_DATASET, TOKENIZED_DATASET, Artifact
+from recipe_runner.stage import Input, Params, Stage, StageContext, StageError
+from recipe_runner_stages.common.hf import Device, Precision
+
+
+class TaskSpec(Params):
+    name: str = Field(..., description="lm-eval task, group or preset name ('leaderboard')")
+    num_fewshot: int | None = Field(None, ge=0, description="few-shot examples; None = the task's default")
+    limit: int | float | None = Field(None, gt=0, description="examples of this task (overrides the stage's limit)")
+
+
+class GenerationParams(Params):
+    prompts: list[str] = Field(..., min_length=1, description="prompts to complete; the completions go into the report")
+    max_new_tokens: int = Field(64, ge=1, description="tokens to generate per prompt")
+    do_sample: bool = Field(False, description="sample (with the settings below) instead of greedy decoding")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    top_k: int | None = Field(None, ge=1, description="sample from the k most likely tokens")
+    top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling: smallest set with this mass")
+    repetition_penalty: float = Field(1.0, gt=0, description=">1 discourages repeating tokens (CTRL penalty)")
+
+
+class EvalParams(Params):
+    perplexity: bool = Field(True, description="compute perplexity when a `dataset` input is connected")
+    split: str | None = Field(
+        None, description="dataset split for perplexity; default 'validation', else 'test' ('train' only when named)")
+    text_column: str = Field("text", description="text column of a (text) dataset input")
+    block_size: int | None = Field(
+        None, ge=2,
+        description="row length when a text or tokenized dataset is cut into blocks for perplexity; default "
+        "min(max_position_embeddings, 1024). Packed datasets keep their rows")
+    max_eval_samples: int | None = Field(None, ge=1, description="cap on rows scored for perplexity")
+    batch_size: int = Field(8, ge=1, description="batch size for perplexity and lm-eval")
+    tasks: list[str | TaskSpec] = Field(
+        default_factory=list,
+        description="lm-eval tasks: names, {name, num_fewshot, limit} entries, or the preset 'leaderboard' "
+        "(arc_challenge 25-shot, hellaswag 10, mmlu 5, truthfulqa_mc2 0, winogrande 5, gsm8k 5; needs the hub). "
+        "Offline tasks shipped with the project: truthfulqa_mc2_local, truthfulqa_mc1_local, openbookqa_local")
+    limit: int | float | None = Field(
+        None, gt=0, description="examples per task (an int) or fraction (< 1); None = all. For quick checks")
+    include_path: list[str] = Field(default_factory=list, description="extra directories of lm-eval task YAMLs")
+    bootstrap_iters: int = Field(1000, ge=0, description="lm-eval bootstrap iterations for stderr of non-mean metrics")
+    generation: GenerationParams | None = Field(None, description="sample generations for given prompts")
+    precision: Precision = Field("auto", description="bf16 where the device has it, else fp32")
+    device: Device = Field("auto", description="cpu, cuda or auto")
+    # ---- LLM judge: reserved. stages/evaluate/judge.py (another module) scores / compares responses with a
+    # judge model; the lead wires it in here (see JUDGE HOOK in run()). Until then a `judge` section is refused.
+    judge: dict[str, Any] | None = Field(
+        None, description="LLM-judge section (stages/evaluate/judge.py); reserved, wired by the engine lead")
+
+
+def render_table(rows: list[tuple[str, str]], title: str) -> str:
+    """A plain-text table (rich) of metric name -> value."""
+    from io import StringIO
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in rows:
+        table.add_row(name, value)
+    buf = StringIO()
+    Console(file=buf, width=100, force_terminal=False, color_system=None).print(table)
+    return buf.getvalue()
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1e5 else f"{value:.4g}"
+    return str(value)
+
+
+class EvalStage(Stage):
+    name = "eval"
+    version = "1"
+    description = "Perplexity on held-out data, lm-eval tasks (offline task files shipped), sample generations."
+    Params = EvalParams
+    inputs = {
+        "model": Input(MODEL, description="the model to evaluate"),
+        "dataset": Input(PACKED_DATASET, DATASET, TOKENIZED_DATASET, optional=True,
+                         description="held-out data for perplexity (packed rows, or text / tokens cut into blocks)"),
+    }
+    outputs = {"report": EVAL_REPORT}
+
+    def run(self, ctx: StageContext) -> dict[str, Artifact]:
+        import torch
+
+        from recipe_runner_stages.common.hf import load_causal_lm, load_tokenizer, resolve_device, resolve_precision
+
+        from .perplexity import blocks_from_ids, blocks_from_text, pick_split, token_perplexity
+
+        p: EvalParams = ctx.params  # type: ignore[assignment]
+        if p.judge is not None:
+            # JUDGE HOOK: the lead plugs stages/evaluate/judge.py in here (score / compare the generations).
+            raise StageError("eval: the `judge` section is not wired into this stage yet")
+        model_dir = Path(ctx.input("model").path)
+        device = resolve_device(p.device)
+        precision = resolve_precision(p.precision, device)
+        try:
+            model = load_causal_lm(model_dir, precision=precision, device=device)
+            tokenizer = load_tokenizer(model_dir)
+        except (OSError, ValueError) as e:
+            raise StageError(f"eval: cannot load the model / tokenizer at {model_dir}: {e}") from None
+        model.eval()
+        metrics: dict[str, Any] = {}
+        report: dict[str, Any] = {"model": str(model_dir), "precision": precision, "device": device}
+
+        # ---- perplexity
+        data_art = ctx.inputs.get("dataset")
+        if p.perplexity and data_art is not None:
+            from datasets import load_from_disk
+
+            try:
+                ds = load_from_disk(str(data_art.path))
+            except (FileNotFoundError, ValueError) as e:
+                raise StageError(f"eval: cannot read the dataset at {data_art.path}: {e}") from None
+            split, rows = pick_split(ds, p.split, f"dataset {data_art.path}")
+            max_pos = getattr(model.config, "max_position_embeddings", None) or 1024
+            block = p.block_size or min(max_pos, 1024)
+            if data_art.kind == DATASET:
+                rows = blocks_from_text(rows, tokenizer, p.text_column, block)
+            elif data_art.kind == TOKENIZED_DATASET:
+                rows = blocks_from_ids(rows, block, tokenizer.eos_token_id)
+            elif "input_ids" not in rows.column_names:
+                raise StageError(f"eval: packed dataset {data_art.path} has no 'input_ids' column")
+            if p.max_eval_samples and len(rows) > p.max_eval_samples:
+                rows = rows.select(range(p.max_eval_samples))
+            if len(rows) == 0:
+                raise StageError(f"eval: split {split!r} of {data_art.path} gives no rows of {block} tokens")
+            with ctx.progress("perplexity", total=len(rows)) as bar:
+                ppl = token_perplexity(model, rows, p.batch_size, bar)
+            metrics.update({"perplexity": ppl["perplexity"], "eval_loss": ppl["loss"], "perplexity_tokens": ppl["tokens"]})
+            report["perplexity"] = {**ppl, "split": split, "kind": data_art.kind,
+                                    "definition": "exp(sum of token cross-entropy / predicted tokens)"}
+            ctx.log.info("perplexity %.3f (loss %.4f over %d tokens, split %s)", ppl["perplexity"], ppl["loss"],
+                         ppl["tokens"], split)
+
+        # ---- lm-eval tasks
+        if p.tasks:
+            from .harness import expand, run_tasks
+
+            specs = expand(p.tasks)
+            flat, details = run_tasks(model, tokenizer, specs, limit=p.limit, batch_size=p.batch_size,
+                                      include_paths=p.include_path, seed=ctx.seed, log=ctx.log,
+                                      bootstrap_iters=p.bootstrap_iters)
+            metrics.update(flat)
+            report["tasks"] = details
+
+        # ---- sample generations
+        if p.generation is not None:
+            from transformers import GenerationConfig
+
+            g = p.generation
+            gen_cfg = GenerationConfig(
+                max_new_tokens=g.max_new_tokens, do_sample=g.do_sample,
+                temperature=g.temperature if g.do_sample else None,
+                top_k=g.top_k if g.do_sample else None, top_p=g.top_p if g.do_sample else None,
+                repetition_penalty=g.repetition_penalty,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                bos_token_id=tokenizer.bos_token_id)
+            torch.manual_seed(ctx.seed)
+            samples = []
+            with ctx.progress("generate", total=len(g.prompts)) as bar:
+                for prompt in g.prompts:
+                    enc = tokenizer(prompt, return_tensors="pt").to(model.device)
+                    with torch.inference_mode():
+                        out = model.generate(**enc, generation_config=gen_cfg, use_cache=True)
+                    completion = tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                    samples.append({"prompt": prompt, "completion": completion})
+                    ctx.log.info("sample: %r -> %r", prompt, completion[:200])
+                    bar.advance()
+            report["samples"] = samples
+            report["generation"] = g.model_dump()
+
+        # ---- JUDGE HOOK (reserved): judge results would be added to `metrics` / report["judge"] here.
+
+        rows = [(k, _fmt(v)) for k, v in metrics.items() if not k.endswith("_stderr")]
+        table = render_table(rows, f"eval: {ctx.name}") if rows else ""
+        if table:
+            ctx.log.info("evaluation results\n%s", table)
+        report["metrics"] = metrics
+        out = ctx.output_path("report")
+        (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+        md = ["# Evaluation report", "", f"model: `{model_dir}`", "", "```", table.rstrip(), "```"]
+        for s in report.get("samples", []):
+            md += ["", f"**{s['prompt']}** {s['completion']}"]
+        (out / "report.md").write_text("\n".join(md) + "\n")
+        ctx.metrics.update(metrics)
+        return {"report": Artifact(EVAL_REPORT, out, meta={"metrics": list(metrics)})}
