@@ -145,6 +145,8 @@ if __name__ == "__main__":
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    (root / "docs" / "stages.md").write_text(stages_markdown())
-    (root / "schemas" / "recipe.schema.json").write_text(json.dumps(recipe_json_schema(), indent=2, sort_keys=True) + "\n")
+    builtin = Registry(distribution="recipe-runner")
+    (root / "docs" / "stages.md").write_text(stages_markdown(builtin))
+    (root / "schemas" / "recipe.schema.json").write_text(
+        json.dumps(recipe_json_schema(builtin), indent=2, sort_keys=True) + "\n")
     print("wrote docs/stages.md and schemas/recipe.schema.json", file=sys.stderr)

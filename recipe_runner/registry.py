@@ -41,10 +41,15 @@ def _dist_name(ep: EntryPoint) -> str:
 
 
 class Registry:
-    def __init__(self, group: str = GROUP):
+    def __init__(self, group: str = GROUP, distribution: str | None = None):
+        """``distribution``: only that distribution's plugins (the committed
+        schema and docs cover the built-in stages alone)."""
         self.group = group
         self._entries: dict[str, list[PluginEntry]] = {}
         for ep in entry_points(group=group):
+            dist = getattr(ep, "dist", None)
+            if distribution is not None and (dist is None or dist.metadata["Name"] != distribution):
+                continue
             self._entries.setdefault(ep.name, []).append(PluginEntry(ep.name, ep, _dist_name(ep)))
         self._loaded: dict[str, type[Stage]] = {}
 
