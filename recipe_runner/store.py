@@ -33,8 +33,19 @@ def _key(stage: str, fingerprint: str) -> str:
     return f"{stage}-{fingerprint[:12]}"
 
 
+def process_rank() -> int:
+    """This process's rank under `accelerate launch` / torchrun (0 otherwise)."""
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+
+
 class RunStore:
-    def __init__(self, workdir: str | Path, recipe_name: str):
+    """Under a multi-process launch every rank runs the stages (so a training
+    stage trains data-parallel), but only rank 0 holds the lock, writes the
+    manifest and commits outputs; the other ranks write to their own
+    temporary directory, discard it, and wait for rank 0's commit."""
+
+    def __init__(self, workdir: str | Path, recipe_name: str, rank: int | None = None):
+        self.rank = process_rank() if rank is None else rank
         self.root = Path(workdir).resolve() / recipe_name
         self.stages_dir = self.root / "stages"
         self.tmp_dir = self.root / "tmp"
@@ -65,7 +76,7 @@ class RunStore:
 
     def prepare(self, stage: str, fingerprint: str) -> tuple[Path, Path]:
         """A fresh temporary output dir and the (kept) checkpoint dir."""
-        tmp = self.tmp_dir / _key(stage, fingerprint)
+        tmp = self.tmp_dir / (_key(stage, fingerprint) + (f".rank{self.rank}" if self.rank else ""))
         if tmp.exists():
             shutil.rmtree(tmp)
         (tmp / "outputs").mkdir(parents=True)
@@ -76,6 +87,9 @@ class RunStore:
     def commit(self, stage: str, fingerprint: str, tmp: Path, record: dict[str, Any]) -> Path:
         """Atomically publish ``tmp`` as the committed output: the record is
         written inside it, then the directory is renamed into place."""
+        if self.rank:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return self._wait_for_commit(stage, fingerprint)
         record = dict(record, fingerprint=fingerprint)
         rec_path = tmp / STAGE_RECORD
         rec_path.write_text(json.dumps(record, indent=2, default=str))
@@ -91,6 +105,14 @@ class RunStore:
         shutil.rmtree(self.ckpt_dir / _key(stage, fingerprint), ignore_errors=True)
         return final
 
+    def _wait_for_commit(self, stage: str, fingerprint: str, timeout: float = 3600) -> Path:
+        deadline = time.time() + timeout
+        while self.committed(stage, fingerprint) is None:
+            if time.time() > deadline:
+                raise RunError(f"rank {self.rank}: rank 0 did not commit stage '{stage}' within {timeout:.0f}s")
+            time.sleep(0.5)
+        return self.committed_dir(stage, fingerprint)
+
     def checkpoint_has_state(self, stage: str, fingerprint: str) -> bool:
         d = self.ckpt_dir / _key(stage, fingerprint)
         return d.is_dir() and any(d.iterdir())
@@ -103,6 +125,8 @@ class RunStore:
             return None
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
+        if self.rank:
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.manifest_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(manifest, indent=2, default=str))
@@ -110,7 +134,7 @@ class RunStore:
 
     # ---- lock
     def lock(self) -> "RunLock":
-        return RunLock(self.root / ".lock")
+        return RunLock(self.root / ".lock", enabled=not self.rank)
 
     def lock_holder(self) -> dict[str, Any] | None:
         """Who holds the lock now (None when nobody does)."""
@@ -135,12 +159,15 @@ class RunLock:
     holder dies, so a lock left by a killed run is taken over by the next one
     (which says so); a live holder makes the next run fail with its pid."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, enabled: bool = True):
         self.path = path
+        self.enabled = enabled
         self.fh = None
         self.took_over: dict[str, Any] | None = None
 
     def acquire(self) -> "RunLock":
+        if not self.enabled:
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(self.path, "a+")
         try:

@@ -80,3 +80,21 @@ def test_concurrent_run_is_refused(tmp_path):
     assert first.returncode == 130
     st = status_json(recipe, wd)["stages"]
     assert st[0]["status"] == "failed" and "interrupted" in st[0]["error"]
+
+
+def test_multi_process_launch_only_rank0_commits(tmp_path):
+    """Under `accelerate launch`/torchrun every rank runs the stages, rank 0 alone
+    locks, writes the manifest and commits; other ranks wait for its commit."""
+    recipe, wd = _slow_recipe(tmp_path, n=5), tmp_path / "runs"
+    procs = []
+    for rank in (1, 0):
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "recipe_runner.cli", "run", str(recipe), "--workdir", str(wd)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))))
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    manifest = json.loads((wd / "slow" / "manifest.json").read_text())
+    assert manifest["pid"] == procs[1].pid
+    assert len(list((wd / "slow" / "stages").glob("count-*"))) == 1
+    assert not list((wd / "slow" / "tmp").glob("*rank1*"))
