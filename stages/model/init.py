@@ -74,8 +74,8 @@ class InitParams(Params):
     )
     tokenizer: str | None = Field(
         None,
-        description="tokenizer directory or hub id, used when no `tokenizer` input is connected; default: "
-        "the base model's own tokenizer. It is saved into the model directory, its bos/eos/pad ids into the config",
+        description="tokenizer directory or hub id. Precedence: this, else the base model's own tokenizer, else "
+        "the `tokenizer` input. It is saved into the model directory, its bos/eos/pad ids go into the config",
     )
     layer_slices: list[tuple[int, int]] | None = Field(
         None,
@@ -322,8 +322,12 @@ class InitStage(Stage):
                    "or a layer-sliced (downscaled / depth up-scaled) copy of a base model.")
     Params = InitParams
     inputs = {
-        "model": Input(MODEL, optional=True, description="base model for continued pretraining / scaling"),
-        "tokenizer": Input(TOKENIZER, optional=True, description="tokenizer (its vocabulary sizes a random model)"),
+        # a base model binds only when the recipe names it: an init stage late in a recipe must not silently
+        # turn a random init into continued pretraining of whatever model came before
+        "model": Input(MODEL, optional=True, auto=False,
+                       description="base model for continued pretraining / scaling (name it under `inputs:`)"),
+        "tokenizer": Input(TOKENIZER, optional=True,
+                           description="tokenizer (its vocabulary sizes a random model); a base model keeps its own"),
     }
     outputs = {"model": MODEL}
 
@@ -354,14 +358,15 @@ class InitStage(Stage):
         base_ref = resolve_source(p.from_pretrained, "model") if p.from_pretrained else (
             str(base_art.path) if base_art is not None else None)
 
-        # ---- tokenizer: input slot > `tokenizer` param > the base model's own
+        # ---- tokenizer: `tokenizer` param, else the base's own (a base keeps the vocabulary it was trained
+        # with), else the tokenizer input
         tokenizer = None
-        if tok_art is not None:
-            tokenizer = _load_tok(str(tok_art.path), p)
-        elif p.tokenizer:
+        if p.tokenizer:
             tokenizer = _load_tok(resolve_source(p.tokenizer, "tokenizer"), p)
         elif base_ref is not None and (not Path(base_ref).exists() or _has_tokenizer(base_ref)):
             tokenizer = _load_tok(base_ref, p)
+        elif tok_art is not None:
+            tokenizer = _load_tok(str(tok_art.path), p)
 
         torch.manual_seed(ctx.seed)
         if base_ref is None:

@@ -1,0 +1,161 @@
+"""pretrain: the loss goes down, validation loss / perplexity / tokens/s and the
+loss curve are reported, layer freezing freezes, and a SIGKILLed run resumes
+from its last checkpoint and ends where an uninterrupted run ends."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from recipe_runner.artifacts import MODEL, PACKED_DATASET, TOKENIZER, Artifact
+from recipe_runner.stage import StageError
+from recipe_runner.testing import run_stage
+from recipe_runner_stages.model.init import InitStage
+from recipe_runner_stages.train.pretrain import PretrainStage
+
+TINY = {"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "max_position_embeddings": 64}
+FAST = {"per_device_train_batch_size": 4, "learning_rate": 3e-3, "logging_steps": 5, "precision": "fp32",
+        "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def init_model(tmp_path_factory, tiny_tokenizer_dir) -> Artifact:
+    res = run_stage(InitStage, {"config": TINY}, inputs={"tokenizer": Artifact(TOKENIZER, tiny_tokenizer_dir)},
+                    workdir=tmp_path_factory.mktemp("pt_init"))
+    return res.outputs["model"]
+
+
+@pytest.fixture(scope="module")
+def packed(packed_dir) -> Artifact:
+    return Artifact(PACKED_DATASET, packed_dir, meta={"max_seq_length": 32})
+
+
+def _validation_loss(model_dir: Path, packed_dir: Path) -> float:
+    """Mean next-token loss on the validation rows, straight from the model."""
+    import torch
+    from datasets import load_from_disk
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    ids = torch.tensor(load_from_disk(str(packed_dir))["validation"]["input_ids"])
+    with torch.no_grad():
+        return float(model(input_ids=ids, labels=ids).loss)
+
+
+def test_pretrain_lowers_loss_and_reports(init_model, packed, packed_dir, tmp_path):
+    before = _validation_loss(init_model.path, packed_dir)
+    res = run_stage(PretrainStage, {**FAST, "max_steps": 40, "eval_steps": 20, "save_steps": 100},
+                    inputs={"model": init_model, "dataset": packed}, workdir=tmp_path)
+    m = res.metrics
+    out = res.outputs["model"].path
+    after = _validation_loss(out, packed_dir)
+    assert after < before - 0.5, (before, after)
+    assert m["global_step"] == 40 and m["tokens_trained"] == 40 * 4 * 32
+    assert m["final_train_loss"] < m["first_train_loss"]
+    # the stage's validation loss is the model's loss on the validation rows (full fixed-length rows)
+    assert m["eval_loss"] == pytest.approx(after, rel=1e-4)
+    assert m["perplexity"] == pytest.approx(math.exp(after), rel=1e-4)
+    assert [s for s, _ in m["eval_curve"]][:2] == [20, 40]
+    assert m["tokens_per_second"] > 0 and len(m["loss_curve"]) == 8
+    assert (out / "loss_curve.png").stat().st_size > 1000
+    assert (out / "tokenizer.json").is_file() and not (out / "training_args.bin").exists()
+    json.loads((out / "trainer_history.json").read_text())
+
+
+def test_layer_freezing(init_model, packed, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    res = run_stage(PretrainStage, {**FAST, "max_steps": 3, "save_steps": 100, "train_top_layers": 1,
+                                    "freeze_embeddings": True},
+                    inputs={"model": init_model, "dataset": packed}, workdir=tmp_path)
+    before = AutoModelForCausalLM.from_pretrained(str(init_model.path))
+    after = AutoModelForCausalLM.from_pretrained(str(res.outputs["model"].path))
+    frozen = [n for n, _ in before.named_parameters() if n.startswith(("model.layers.0.", "model.embed_tokens"))]
+    trained = [n for n, _ in before.named_parameters() if n.startswith(("model.layers.1.", "lm_head"))]
+    for n in frozen:
+        assert torch.equal(before.get_parameter(n), after.get_parameter(n)), n
+    for n in trained:
+        if n.endswith("layernorm.weight"):
+            continue
+        assert not torch.equal(before.get_parameter(n), after.get_parameter(n)), n
+    expected = sum(before.get_parameter(n).numel() for n in trained) + before.model.norm.weight.numel()
+    assert res.metrics["trainable_parameters"] == expected
+
+
+def test_rows_longer_than_positions_fail(tmp_path, tiny_tokenizer_dir, packed):
+    short = run_stage(InitStage, {"config": {**TINY, "max_position_embeddings": 16}},
+                      inputs={"tokenizer": Artifact(TOKENIZER, tiny_tokenizer_dir)}, workdir=tmp_path / "i")
+    with pytest.raises(StageError, match="exceed the model's max_position_embeddings"):
+        run_stage(PretrainStage, {**FAST, "max_steps": 1}, inputs={"model": short.outputs["model"], "dataset": packed},
+                  workdir=tmp_path / "p")
+
+
+RUNNER = textwrap.dedent("""
+    import sys, json, logging
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    from recipe_runner.artifacts import Artifact
+    from recipe_runner.testing import run_stage
+    from recipe_runner_stages.train.pretrain import PretrainStage
+    model, data, work, params = sys.argv[1:5]
+    res = run_stage(PretrainStage, json.loads(params), inputs={"model": Artifact("model", model),
+                    "dataset": Artifact("packed_dataset", data)}, workdir=work)
+    print(json.dumps({k: v for k, v in res.metrics.items() if not isinstance(v, list)}))
+""")
+
+
+def _run(args: list[str], **kw) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen([sys.executable, "-c", RUNNER, *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_kill_and_resume(init_model, packed_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    params = {**FAST, "max_steps": 60, "save_steps": 5, "save_total_limit": 2}
+    work = tmp_path / "killed"
+    args = [str(init_model.path), str(packed_dir), str(work), json.dumps(params)]
+    proc = _run(args)
+    ckpt_dir = work / "checkpoint"
+    deadline = time.time() + 120
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        states = list(ckpt_dir.glob("checkpoint-*/trainer_state.json")) if ckpt_dir.exists() else []
+        if states:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            killed_at = time.time()
+            break
+        time.sleep(0.02)
+    assert killed_at is not None, f"the run ended before a checkpoint was seen: {proc.communicate()}"
+    done = sorted(int(p.parent.name.split("-")[1]) for p in ckpt_dir.glob("checkpoint-*/trainer_state.json"))
+    assert done and done[-1] < 60
+    assert not (work / "output" / "model" / "model.safetensors").exists()
+
+    resumed = _run(args)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    metrics = json.loads(out.strip().splitlines()[-1])
+    assert metrics["resumed_from_step"] == done[-1]
+    assert metrics["global_step"] == 60 and metrics["steps_this_run"] == 60 - done[-1]
+    assert f"(step {done[-1]})" in err and "resuming from checkpoint" in err
+
+    # the same training without the interruption ends with the same weights (optimizer, scheduler, RNG
+    # and data position were restored)
+    straight = run_stage(PretrainStage, {**params, "save_steps": 1000},
+                         inputs={"model": init_model, "dataset": Artifact(PACKED_DATASET, packed_dir)},
+                         workdir=tmp_path / "straight")
+    a = load_file(str(work / "output" / "model" / "model.safetensors"))
+    b = load_file(str(straight.outputs["model"].path / "model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
