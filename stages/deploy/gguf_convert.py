@@ -162,24 +162,58 @@ def _byte_level_vocab(model_dir: Path, tokenizer, vocab_size: int) -> tuple[list
     return tokens, types
 
 
-def _sentencepiece_vocab(model_dir: Path, vocab_size: int):
-    import gguf
-    from gguf.vocab import LlamaHfVocab, SentencePieceVocab
+def _sentencepiece_vocab(model_dir: Path, tokenizer, tok_json: dict[str, Any], vocab_size: int):
+    """(pieces, scores, token types) for llama.cpp's sentencepiece tokenizer.
 
+    With a ``tokenizer.model`` the pieces and scores come from sentencepiece
+    itself (gguf's ``SentencePieceVocab``, as llama.cpp's converter does).  A
+    byte-fallback BPE known only from ``tokenizer.json`` has no scores; llama.cpp
+    merges the pair whose result scores highest, so each token gets
+    ``-(rank of the merge that makes it)``, which reproduces the BPE merge order.
+    """
+    import gguf
+
+    tokens: list[bytes] = []
+    scores: list[float] = []
+    types: list[int] = []
     if (model_dir / "tokenizer.model").is_file():
-        vocab = SentencePieceVocab(model_dir)
+        from gguf.vocab import SentencePieceVocab
+
+        for text, score, ttype in SentencePieceVocab(model_dir).all_tokens():
+            tokens.append(text)
+            scores.append(float(score))
+            types.append(int(ttype))
     else:
-        vocab = LlamaHfVocab(model_dir)
-    tokens, scores, types = [], [], []
-    for text, score, ttype in vocab.all_tokens():
-        tokens.append(text)
-        scores.append(float(score))
-        types.append(int(ttype))
+        import re
+
+        vocab = tokenizer.get_vocab()
+        reverse = {i: t for t, i in vocab.items()}
+        merges = tok_json.get("model", {}).get("merges") or []
+        rank: dict[str, int] = {}
+        for r, m in enumerate(merges):
+            a, b = m.split(" ", 1) if isinstance(m, str) else m
+            rank.setdefault(a + b, r)
+        added = tokenizer.added_tokens_decoder
+        for i in range(max(reverse) + 1):
+            t = reverse.get(i, f"[PAD{i}]")
+            tokens.append(t.encode("utf-8"))
+            if i not in reverse:
+                types.append(int(gguf.TokenType.UNUSED))
+                scores.append(-1e9)
+            elif re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", t):
+                types.append(int(gguf.TokenType.BYTE))
+                scores.append(0.0)
+            elif i in added:
+                types.append(int(gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED))
+                scores.append(0.0)
+            else:
+                types.append(int(gguf.TokenType.NORMAL))
+                scores.append(-float(rank[t]) if t in rank else 0.0)
     if len(tokens) > vocab_size:
         raise StageError(f"{model_dir}: the tokenizer has {len(tokens)} tokens, more than the model's vocab_size {vocab_size}")
     for i in range(len(tokens), vocab_size):
         tokens.append(f"[PAD{i}]".encode())
-        scores.append(-1000.0)
+        scores.append(-1e9)
         types.append(int(gguf.TokenType.UNUSED))
     return tokens, scores, types
 
@@ -208,7 +242,7 @@ def add_tokenizer(writer, model_dir: Path, vocab_size: int) -> tuple[str, str | 
         writer.add_token_types(types)
         kind = "gpt2"
     elif (model_dir / "tokenizer.model").is_file() or (model.get("type") == "BPE" and model.get("byte_fallback")):
-        tokens, scores, types = _sentencepiece_vocab(model_dir, vocab_size)
+        tokens, scores, types = _sentencepiece_vocab(model_dir, tokenizer, tok_json, vocab_size)
         pre = None
         writer.add_tokenizer_model("llama")
         writer.add_tokenizer_pre("default")
@@ -222,7 +256,7 @@ def add_tokenizer(writer, model_dir: Path, vocab_size: int) -> tuple[str, str | 
             "(supported: byte-level BPE, sentencepiece / byte-fallback BPE)"
         )
 
-    special = gguf.SpecialVocab(model_dir, load_merges=(kind == "gpt2"), n_vocab=vocab_size)
+    special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=vocab_size)
     # What the tokenizer really does beats what its config may say: llama.cpp adds
     # BOS/EOS according to these flags, so they must match the HF tokenizer.
     probe = tokenizer("a")["input_ids"]
