@@ -86,6 +86,18 @@ class JudgeParams(Params):
     compare_prompt: str = Field(COMPARE_PROMPT, description="compare-mode prompt; fields {instruction_and_input}, "
                                                              "{reference_block}, {first}, {second}")
     use_chat_template: bool = Field(True, description="local judge: wrap the prompt in the tokenizer's chat template when it has one")
+    data: str | None = Field(
+        None, description="instructions to answer: a .json / .jsonl file of Alpaca records (instruction, input, "
+                          "output = the reference); None = the eval stage's dataset input when it has those columns")
+    num_examples: int = Field(20, ge=1, description="instructions taken from the end of the data (the part an "
+                                                    "instruction-tuning recipe holds out)")
+    template: Literal["alpaca", "chat", "raw"] = Field(
+        "alpaca", description="how the evaluated models are prompted: the standard Alpaca template, the "
+                              "tokenizer's chat template, or the bare instruction")
+    response_max_new_tokens: int = Field(96, ge=1, description="tokens each evaluated model may generate per response")
+    baseline_model: str | None = Field(
+        None, description="compare mode: the other model (local dir or hub id) when the eval stage has no "
+                          "baseline model input wired; its responses are 'a', the evaluated model's are 'b'")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="device of a local judge model")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="dtype of a local judge model")
 
@@ -409,6 +421,48 @@ def _run_compare(p: JudgeParams, items: list[dict[str, Any]], judge, log) -> tup
     log.info("judge: %d consistent verdicts (%s %d, %s %d, tie %d), %d flipped with the order, %d unparsed",
              consistent, p.label_a, wins["a"], p.label_b, wins["b"], wins["tie"], flipped, unparsed)
     return rows, metrics
+
+
+def load_instruction_items(path: str | Path, n: int | None = None) -> list[dict[str, Any]]:
+    """Alpaca records (instruction / input / output) from a .json list or a
+    .jsonl file; the last ``n`` of them (the held-out tail)."""
+    path = Path(path)
+    if not path.is_file():
+        raise StageError(f"judge.data: {path} is not a file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".jsonl":
+            items = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            items = json.loads(text)
+    except ValueError as e:
+        raise StageError(f"judge.data: {path} is not valid JSON / JSONL: {e}") from e
+    if not isinstance(items, list) or not items or not all(isinstance(x, dict) and "instruction" in x for x in items):
+        raise StageError(f"judge.data: {path} must hold a list of records with an 'instruction' field")
+    return items[-n:] if n else items
+
+
+def judge_models(params: JudgeParams, model_path: str, items: list[dict[str, Any]],
+                 baseline_path: str | None = None, log: logging.Logger | None = None,
+                 device: str = "auto", precision: str = "auto") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The whole judge step of an eval stage: generate the evaluated model's
+    responses to ``items`` (and, in compare mode, the baseline's), then judge.
+    Score mode needs each item's reference ``output``."""
+    log = log or logging.getLogger(__name__)
+    items = list(items)[: params.num_examples] if len(items) > params.num_examples else list(items)
+    gen = dict(template=params.template, max_new_tokens=params.response_max_new_tokens, device=device,
+               precision=precision)
+    log.info("judge: generating %d responses with %s", len(items), model_path)
+    responses = generate_responses(model_path, items, **gen)
+    if params.mode == "score":
+        return run_judge(params, [{**it, "response": r} for it, r in zip(items, responses)], log)
+    baseline_path = baseline_path or params.baseline_model
+    if not baseline_path:
+        raise StageError("judge (compare mode) needs a second model: a baseline model input or judge.baseline_model")
+    log.info("judge: generating %d baseline responses with %s", len(items), baseline_path)
+    base_responses = generate_responses(baseline_path, items, **gen)
+    pairs = [{**it, "response_a": a, "response_b": b} for it, a, b in zip(items, base_responses, responses)]
+    return run_judge(params, pairs, log)
 
 
 def save_table(rows: list[dict[str, Any]], out_dir: str | Path, stem: str = "judge") -> dict[str, str]:
