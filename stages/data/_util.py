@@ -1,0 +1,322 @@
+"""Machinery shared by the data stages.
+
+- loading an input DatasetDict with clear errors, saving one,
+- the ``num_proc`` / batch-size defaults,
+- :class:`ShardStore`: finished shards of a stage kept under
+  ``ctx.checkpoint_dir`` so that a stage killed midway redoes only the
+  unfinished shards when it is run again,
+- :func:`arrow_map`: ``Dataset.map`` in batches of Arrow tables, with the
+  cache file kept in the stage's scratch space (never next to an upstream
+  artifact) and no function hashing,
+- a quick, never-hanging check that the Hugging Face hub can be reached.
+
+Nothing heavy is imported at module level: stage modules import this one and
+must stay cheap to import.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import socket
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Union
+from urllib.parse import urlparse
+
+from pydantic import Field
+
+from recipe_runner.stage import StageError
+
+NumProc = Union[Literal["auto"], int]
+
+#: Below this much input text per shard, a worker process costs more than it saves.
+AUTO_PARALLEL_MIN_BYTES = 8 * 2**20
+MAX_AUTO_PROCS = 8
+
+SPLIT_ORDER = ("train", "validation", "test")
+
+
+def num_proc_field(default: NumProc = "auto") -> Any:
+    return Field(
+        default,
+        description=(
+            "Worker processes for the batched passes: an integer, or 'auto' (all usable cores, "
+            f"at most {MAX_AUTO_PROCS}, once a shard holds more than "
+            f"{AUTO_PARALLEL_MIN_BYTES // 2**20} MiB of text; one process below that, where "
+            "starting workers costs more than it saves)."
+        ),
+    )
+
+
+def batch_size_field(default: int = 1000) -> Any:
+    return Field(default, ge=1, description="Documents per batch handed to the batched (Arrow) passes.")
+
+
+def shard_size_field(default: int = 50_000) -> Any:
+    return Field(
+        default, ge=1,
+        description=(
+            "Documents per checkpoint shard. Each finished shard is kept in the stage's checkpoint "
+            "directory, so a run that is killed midway redoes only the unfinished shards."
+        ),
+    )
+
+
+def usable_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_num_proc(num_proc: NumProc, nbytes: int, rows: int | None = None) -> int:
+    """The number of processes for one pass over ``nbytes`` of input."""
+    if num_proc == "auto":
+        if nbytes < AUTO_PARALLEL_MIN_BYTES:
+            return 1
+        n = min(usable_cpus(), MAX_AUTO_PROCS)
+    else:
+        n = max(1, int(num_proc))
+    if rows is not None:
+        n = max(1, min(n, rows))
+    return n
+
+
+def table_nbytes(ds: Any) -> int:
+    """Bytes of the Arrow data behind a Dataset (a slice counts only its rows)."""
+    try:
+        return int(ds.data.nbytes)
+    except Exception:  # pragma: no cover - defensive
+        return 0
+
+
+def ordered_splits(names: Any) -> list[str]:
+    names = list(names)
+    return [s for s in SPLIT_ORDER if s in names] + sorted(s for s in names if s not in SPLIT_ORDER)
+
+
+# --------------------------------------------------------------------- I/O
+
+
+def load_dataset_dict(art: Any, what: str = "dataset") -> Any:
+    """Load an upstream artifact saved with ``save_to_disk`` as a DatasetDict
+    (a bare Dataset becomes ``{"train": ds}``)."""
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    path = Path(art.path)
+    if not path.exists():
+        raise StageError(f"the input {what} {path} does not exist")
+    try:
+        data = load_from_disk(str(path))
+    except Exception as e:  # noqa: BLE001 - turned into a user-facing message
+        raise StageError(f"cannot read the input {what} at {path}: {e}") from e
+    if isinstance(data, Dataset):
+        data = DatasetDict({"train": data})
+    return DatasetDict({s: data[s] for s in ordered_splits(data.keys())})
+
+
+def require_column(dd: Any, column: str, what: str, param: str = "text_column") -> None:
+    for split, ds in dd.items():
+        if column not in ds.column_names:
+            raise StageError(
+                f"the input {what}'s split {split!r} has no column {column!r} "
+                f"(its columns: {ds.column_names}); set the parameter {param!r} to the column to use"
+            )
+
+
+def save_dataset_dict(splits: dict[str, Any], path: Path, num_proc: int | None = None) -> None:
+    from datasets import DatasetDict
+
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    DatasetDict(splits).save_to_disk(str(path), num_proc=num_proc if num_proc and num_proc > 1 else None)
+
+
+def artifact_identity(art: Any) -> dict[str, Any]:
+    """What identifies an upstream artifact's content for a shard key: its
+    fingerprint when the runner knows it, else its path and the mtimes of the
+    files ``save_to_disk`` writes."""
+    if art is None:
+        return {}
+    ident: dict[str, Any] = {"path": str(art.path), "fingerprint": getattr(art, "fingerprint", None)}
+    p = Path(art.path)
+    stamps = []
+    if p.is_dir():
+        for f in sorted(p.rglob("*.json")):
+            with contextlib.suppress(OSError):
+                st = f.stat()
+                stamps.append((str(f.relative_to(p)), st.st_size, st.st_mtime_ns))
+    ident["files"] = stamps
+    return ident
+
+
+@contextlib.contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """Turn off datasets' own tqdm bars while a stage runs (the runner shows
+    progress through ``ctx.progress``) and restore the setting afterwards."""
+    import datasets.utils.logging as dlog
+
+    was = dlog.is_progress_bar_enabled()
+    dlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            dlog.enable_progress_bar()
+
+
+def arrow_map(ds: Any, fn: Callable, scratch: Path, *, num_proc: int = 1, batch_size: int = 1000,
+              fn_kwargs: dict | None = None, remove_columns: list[str] | None = None,
+              features: Any = None, input_columns: list[str] | None = None) -> Any:
+    """``ds.map(fn, batched=True)`` with ``fn`` receiving pyarrow Tables.
+
+    The result is written under ``scratch`` (not next to the input's files,
+    which belong to an upstream artifact) and no function fingerprint is
+    computed (``new_fingerprint``), so nothing is looked up in or written to
+    datasets' global cache."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    src = ds.with_format("arrow", columns=input_columns) if input_columns else ds.with_format("arrow")
+    out = src.map(
+        fn, batched=True, batch_size=batch_size, num_proc=num_proc if num_proc > 1 else None,
+        fn_kwargs=fn_kwargs, remove_columns=remove_columns, features=features,
+        cache_file_name=str(scratch / f"map-{uuid.uuid4().hex}.arrow"),
+        load_from_cache_file=False, new_fingerprint=uuid.uuid4().hex,
+    )
+    return out.with_format(None)
+
+
+# ------------------------------------------------------------- shard store
+
+
+def stable_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class ShardStore:
+    """Finished shards of one stage run, kept under the checkpoint directory.
+
+    ``key`` is everything the shards' content depends on (params, inputs);
+    a store opened with a different key starts empty.  A shard is written
+    into a temporary directory and renamed into place when complete, so a
+    kill never leaves a half-written shard that looks finished.
+    """
+
+    def __init__(self, root: Path, key: Any, log: Any = None):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        digest = stable_hash(key)
+        keyfile = self.root / "KEY"
+        if keyfile.exists() and keyfile.read_text() != digest:
+            if log is not None:
+                log.info("checkpoint shards in %s were made with other settings; starting over", self.root)
+            for child in self.root.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        for child in self.root.glob(".tmp-*"):  # left by a killed run
+            shutil.rmtree(child, ignore_errors=True)
+        shutil.rmtree(self.root / ".scratch", ignore_errors=True)
+        keyfile.write_text(digest)
+        self.reused = 0
+        self.computed = 0
+
+    @property
+    def scratch(self) -> Path:
+        p = self.root / ".scratch"
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def done(self, name: str) -> bool:
+        return (self.root / name / "meta.json").exists()
+
+    def meta(self, name: str) -> dict[str, Any]:
+        return json.loads((self.root / name / "meta.json").read_text())
+
+    def commit(self, name: str, write: Callable[[Path], dict[str, Any] | None]) -> dict[str, Any]:
+        """Run ``write(tmpdir) -> meta`` and move the result into place."""
+        tmp = self.root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        try:
+            meta = write(tmp) or {}
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            final = self.root / name
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(self.root / ".scratch", ignore_errors=True)
+        self.computed += 1
+        return meta
+
+    def get_or_make(self, name: str, write: Callable[[Path], dict[str, Any] | None]) -> tuple[Path, dict[str, Any]]:
+        if self.done(name):
+            self.reused += 1
+            return self.path(name), self.meta(name)
+        meta = self.commit(name, write)
+        return self.path(name), meta
+
+
+def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
+    if n == 0:
+        return [(0, 0)]
+    return [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
+
+
+def save_arrow(ds: Any, path: Path) -> None:
+    """Materialise a (possibly index-mapped) Dataset as one Arrow file that
+    :func:`load_arrow` memory-maps."""
+    from datasets.arrow_writer import ArrowWriter
+
+    with ArrowWriter(features=ds.features, path=str(path)) as w:
+        for batch in ds.with_format("arrow").iter(batch_size=10_000):
+            w.write_table(batch)
+        w.finalize()
+
+
+def load_arrow(path: Path) -> Any:
+    from datasets import Dataset
+
+    return Dataset.from_file(str(path))
+
+
+# --------------------------------------------------------------- the hub
+
+
+def _truthy(v: str | None) -> bool:
+    return (v or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def hub_offline() -> bool:
+    return _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("HF_DATASETS_OFFLINE")) \
+        or _truthy(os.environ.get("TRANSFORMERS_OFFLINE"))
+
+
+def hub_endpoint() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return constants.ENDPOINT
+    except Exception:  # pragma: no cover
+        return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def hub_unreachable_reason(timeout: float = 3.0) -> str | None:
+    """None when a TCP connection to the hub (or the HTTPS proxy) opens
+    within ``timeout`` seconds, else why not.  Never hangs."""
+    endpoint = hub_endpoint()
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    target = urlparse(proxy if proxy else endpoint)
+    host = target.hostname or ""
+    port = target.port or (443 if target.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as e:
+        via = f" (via the proxy {proxy})" if proxy else ""
+        return f"cannot reach {endpoint}{via}: {e}"
