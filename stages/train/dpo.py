@@ -12,7 +12,16 @@ from recipe_runner.artifacts import MODEL, Artifact
 from recipe_runner.stage import Stage, StageContext
 
 from ..common.training import TrainingParams
-from .posttrain_common import MODEL_INPUT, MODEL_PATH_DESC, PREFERENCE_INPUT, LoraParams, model_input_slots
+from .posttrain_common import (
+    DATA_PATH_DESC,
+    MODEL_INPUT,
+    MODEL_PATH_DESC,
+    PREFERENCE_INPUT,
+    data_input_slots,
+    data_path_fingerprint,
+    LoraParams,
+    model_input_slots,
+)
 from .reward import HH_DESC
 
 DPOLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -23,6 +32,7 @@ class DPOParams(TrainingParams):
     """DPO settings (plus every TrainingParams field)."""
 
     model_name_or_path: str | None = Field(None, description=MODEL_PATH_DESC)
+    data_path: str | None = Field(None, description=DATA_PATH_DESC)
     beta: float = Field(0.1, gt=0, description="strength of the implicit KL constraint to the reference model "
                                                "(higher: stay closer)")
     loss_type: DPOLoss = Field("sigmoid", description="sigmoid: the DPO paper's loss; ipo, hinge, robust, ... as in trl")
@@ -50,7 +60,11 @@ class DPOStage(Stage):
 
     @classmethod
     def input_slots(cls, params: DPOParams):
-        return model_input_slots(params, dict(cls.inputs))
+        return data_input_slots(params, model_input_slots(params, dict(cls.inputs)))
+
+    @classmethod
+    def fingerprint_extra(cls, params):
+        return data_path_fingerprint(params)
 
     def run(self, ctx: StageContext):
         return run_dpo(ctx)
@@ -75,13 +89,13 @@ def run_dpo(ctx: StageContext) -> dict[str, Artifact]:
 
     from ..common.hf import load_tokenizer, resolve_device, resolve_precision
     from ..common.training import last_checkpoint, progress_callback, save_loss_curve, training_arguments_kwargs
-    from .posttrain_common import (history_summary, load_dataset_dict, prepare_preferences, resolve_model_path,
+    from .posttrain_common import (history_summary, load_stage_dataset, prepare_preferences, resolve_model_path,
                                    save_model_artifact, train_eval_split)
 
     p: DPOParams = ctx.params  # type: ignore[assignment]
     base = resolve_model_path(ctx)
     torch.manual_seed(ctx.seed)
-    dsd = load_dataset_dict(ctx.input("dataset"))
+    dsd = load_stage_dataset(ctx)
     train_raw, eval_raw = train_eval_split(dsd, p.eval_fraction, ctx.seed, p.max_eval_samples)
     cols = dict(prompt_col=p.prompt_column, chosen_col=p.chosen_column, rejected_col=p.rejected_column,
                 hh_format=p.hh_format)

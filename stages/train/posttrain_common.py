@@ -168,6 +168,52 @@ def save_model_artifact(model: Any, tokenizer: Any, path: Path, **extra_meta: An
 
 # ---------------------------------------------------------------- datasets
 
+DATA_PATH_DESC = ("read the examples straight from a local .json / .jsonl / .csv / .parquet file (optionally .gz), "
+                  "keeping every column (e.g. instruction/input/output or chosen/rejected); when set, the stage "
+                  "takes no 'dataset' input")
+
+
+def data_input_slots(params: Any, slots: dict[str, Input], slot: str = "dataset") -> dict[str, Input]:
+    if getattr(params, "data_path", None):
+        slots.pop(slot, None)
+    return slots
+
+
+def data_path_fingerprint(params: Any) -> Any:
+    """Size and mtime of a data_path file, so an edited file invalidates the cache."""
+    path = getattr(params, "data_path", None)
+    if not path:
+        return None
+    try:
+        st = Path(path).stat()
+        return {"data_path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    except OSError:
+        return {"data_path": str(path), "missing": True}
+
+
+def load_stage_dataset(ctx: StageContext, slot: str = "dataset"):
+    """The stage's examples as a DatasetDict: the 'dataset' input, or the
+    file named by the data_path parameter."""
+    path = getattr(ctx.params, "data_path", None)
+    if not path:
+        return load_dataset_dict(ctx.input(slot), slot)
+    from datasets import DatasetDict, load_dataset
+
+    p = Path(path)
+    if not p.is_file():
+        raise StageError(f"data_path: {path} is not a file")
+    suffixes = [x for x in p.suffixes if x != ".gz"]
+    fmt = {".json": "json", ".jsonl": "json", ".ndjson": "json", ".csv": "csv", ".parquet": "parquet"}.get(
+        suffixes[-1] if suffixes else "")
+    if fmt is None:
+        raise StageError(f"data_path: {path}: unknown format (use .json, .jsonl, .csv or .parquet, optionally .gz)")
+    try:
+        ds = load_dataset(fmt, data_files=str(p), split="train")
+    except Exception as e:  # noqa: BLE001
+        raise StageError(f"data_path: cannot read {path} as {fmt}: {type(e).__name__}: {e}") from e
+    return DatasetDict({"train": ds})
+
+
 
 def load_dataset_dict(art: Artifact, slot: str = "dataset"):
     from datasets import DatasetDict, load_from_disk

@@ -15,13 +15,22 @@ from recipe_runner.artifacts import DATASET, MODEL, PREFERENCE_DATASET, REWARD_M
 from recipe_runner.stage import Input, Params, Stage, StageContext, StageError
 
 from ..common.hf import Device, Precision
-from .posttrain_common import MODEL_INPUT, MODEL_PATH_DESC, LoraParams, model_input_slots
+from .posttrain_common import (
+    DATA_PATH_DESC,
+    MODEL_INPUT,
+    MODEL_PATH_DESC,
+    data_input_slots,
+    data_path_fingerprint,
+    LoraParams,
+    model_input_slots,
+)
 
 
 class PPOParams(Params):
     """PPO settings; the defaults are the RLHF course's (trl classic PPOConfig values)."""
 
     model_name_or_path: str | None = Field(None, description=MODEL_PATH_DESC)
+    data_path: str | None = Field(None, description=DATA_PATH_DESC)
     reward_model_name_or_path: str | None = Field(
         None, description="a hub id or local directory of a sequence-classification reward model; when set, the "
                           "stage takes no 'reward_model' input")
@@ -84,10 +93,14 @@ class PPOStage(Stage):
 
     @classmethod
     def input_slots(cls, params: PPOParams):
-        slots = model_input_slots(params, dict(cls.inputs))
+        slots = data_input_slots(params, model_input_slots(params, dict(cls.inputs)))
         if params.reward_model_name_or_path:
             slots.pop("reward_model", None)
         return slots
+
+    @classmethod
+    def fingerprint_extra(cls, params):
+        return data_path_fingerprint(params)
 
     def run(self, ctx: StageContext):
         return run_ppo(ctx)
@@ -149,7 +162,7 @@ def run_ppo(ctx: StageContext) -> dict[str, Artifact]:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from ..common.hf import load_tokenizer, resolve_device, resolve_precision, torch_dtype
-    from .posttrain_common import load_dataset_dict, resolve_model_path, save_model_artifact, score_texts
+    from .posttrain_common import load_stage_dataset, resolve_model_path, save_model_artifact, score_texts
     from .posttrain_ppo import PolicyWithValueHead, PPOEngine, PPOSettings, mean_reward
 
     p: PPOParams = ctx.params  # type: ignore[assignment]
@@ -162,7 +175,7 @@ def run_ppo(ctx: StageContext) -> dict[str, Artifact]:
     rm_path = p.reward_model_name_or_path or str(ctx.input("reward_model").path)
 
     # prompts: train + a fixed held-out set for the before/after reward
-    dsd = load_dataset_dict(ctx.input("dataset"))
+    dsd = load_stage_dataset(ctx)
     train_prompts, fmt = prompts_of(dsd["train"], p)
     if "validation" in dsd:
         eval_prompts = prompts_of(dsd["validation"], p)[0][: p.eval_prompts]

@@ -265,9 +265,9 @@ class PretrainStage(Stage):
         start_step = int(ctx.metrics.get("resumed_from_step", 0) or 0) if ckpt else 0
         if ckpt:
             ctx.log.info("pretrain resumes at step %d of %s", start_step, p.max_steps)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = trainer.train(resume_from_checkpoint=ckpt)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         state = trainer.state
         steps_run = state.global_step - start_step
         world = args.world_size
@@ -280,6 +280,7 @@ class PretrainStage(Stage):
             "steps_this_run": steps_run,
             "train_loss": float(result.training_loss),
             "train_runtime_s": round(runtime, 3),
+            "train_cpu_s": round(cpu, 3),  # this process's CPU time in trainer.train (load-independent on a shared host)
             "tokens_per_second": round(tok_s, 1),
             "tokens_trained": state.global_step * tokens_per_step,
             "seq_len": seq_len,

@@ -12,7 +12,15 @@ from recipe_runner.artifacts import REWARD_MODEL, Artifact
 from recipe_runner.stage import Stage, StageContext, StageError
 
 from ..common.training import TrainingParams
-from .posttrain_common import MODEL_INPUT, MODEL_PATH_DESC, PREFERENCE_INPUT, model_input_slots
+from .posttrain_common import (
+    DATA_PATH_DESC,
+    MODEL_INPUT,
+    MODEL_PATH_DESC,
+    PREFERENCE_INPUT,
+    data_input_slots,
+    data_path_fingerprint,
+    model_input_slots,
+)
 
 HH_DESC = ("split hh-rlhf style texts ('\\n\\nHuman: ...\\n\\nAssistant: ...') into prompt / responses (the prompt "
            "is the text up to the last '\\n\\nAssistant:'): auto = when the data has no prompt column and looks so")
@@ -22,6 +30,7 @@ class RewardParams(TrainingParams):
     """Reward-model training settings (plus every TrainingParams field)."""
 
     model_name_or_path: str | None = Field(None, description=MODEL_PATH_DESC)
+    data_path: str | None = Field(None, description=DATA_PATH_DESC)
     prompt_column: str = Field("prompt", description="optional column with the shared prompt")
     chosen_column: str = Field("chosen", description="column with the preferred response (or full text)")
     rejected_column: str = Field("rejected", description="column with the dispreferred response (or full text)")
@@ -45,7 +54,11 @@ class RewardStage(Stage):
 
     @classmethod
     def input_slots(cls, params: RewardParams):
-        return model_input_slots(params, dict(cls.inputs))
+        return data_input_slots(params, model_input_slots(params, dict(cls.inputs)))
+
+    @classmethod
+    def fingerprint_extra(cls, params):
+        return data_path_fingerprint(params)
 
     def run(self, ctx: StageContext):
         return run_reward(ctx)
@@ -98,13 +111,13 @@ def run_reward(ctx: StageContext) -> dict[str, Artifact]:
 
     from ..common.hf import load_tokenizer, save_model_dir
     from ..common.training import last_checkpoint, progress_callback, save_loss_curve, training_arguments_kwargs
-    from .posttrain_common import (history_summary, load_dataset_dict, prepare_preferences, resolve_model_path,
+    from .posttrain_common import (history_summary, load_stage_dataset, prepare_preferences, resolve_model_path,
                                    train_eval_split)
 
     p: RewardParams = ctx.params  # type: ignore[assignment]
     base = resolve_model_path(ctx)
     torch.manual_seed(ctx.seed)
-    dsd = load_dataset_dict(ctx.input("dataset"))
+    dsd = load_stage_dataset(ctx)
     train_raw, eval_raw = train_eval_split(dsd, p.eval_fraction, ctx.seed, p.max_eval_samples)
     cols = dict(prompt_col=p.prompt_column, chosen_col=p.chosen_column, rejected_col=p.rejected_column,
                 hh_format=p.hh_format)

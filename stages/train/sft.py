@@ -15,6 +15,9 @@ from recipe_runner.stage import Input, PlanView, Stage, StageContext, StageError
 from ..common.training import TrainingParams
 from .posttrain_common import (
     CHAT_TEMPLATES,
+    DATA_PATH_DESC,
+    data_input_slots,
+    data_path_fingerprint,
     MODEL_INPUT,
     MODEL_PATH_DESC,
     LoraParams,
@@ -30,6 +33,7 @@ class SFTParams(TrainingParams):
     """Supervised fine-tuning settings (plus every TrainingParams field)."""
 
     model_name_or_path: str | None = Field(None, description=MODEL_PATH_DESC)
+    data_path: str | None = Field(None, description=DATA_PATH_DESC)
     method: Literal["full", "lora", "qlora"] = Field(
         "lora", description="full: update every weight; lora: train a low-rank adapter on a frozen base; "
                             "qlora: LoRA on a 4-bit (nf4) base model -- needs a CUDA GPU and bitsandbytes")
@@ -81,7 +85,11 @@ class SFTStage(Stage):
 
     @classmethod
     def input_slots(cls, params: SFTParams):
-        return model_input_slots(params, dict(cls.inputs))
+        return data_input_slots(params, model_input_slots(params, dict(cls.inputs)))
+
+    @classmethod
+    def fingerprint_extra(cls, params):
+        return data_path_fingerprint(params)
 
     @classmethod
     def output_slots(cls, params: SFTParams):
@@ -217,7 +225,7 @@ def build_sft_trainer(ctx: StageContext, base_path: str, callbacks: list | None 
 
     from ..common.hf import load_tokenizer, resolve_device, resolve_precision
     from ..common.training import training_arguments_kwargs
-    from .posttrain_common import load_dataset_dict, train_eval_split
+    from .posttrain_common import load_stage_dataset, train_eval_split
 
     p: SFTParams = ctx.params  # type: ignore[assignment]
     device = resolve_device(p.device)
@@ -226,7 +234,7 @@ def build_sft_trainer(ctx: StageContext, base_path: str, callbacks: list | None 
                          "none is visible here. Use method: lora on a CPU (same adapter, unquantised base).")
     precision = resolve_precision(p.precision, device)
 
-    dsd = load_dataset_dict(ctx.input("dataset"))
+    dsd = load_stage_dataset(ctx)
     fmt = detect_format(dsd["train"].column_names, p)
     train_raw, eval_raw = train_eval_split(dsd, p.eval_fraction, ctx.seed, p.max_eval_samples)
     train_ds = to_trl_dataset(train_raw, fmt, p)

@@ -89,3 +89,26 @@ def test_dpo_widens_the_chosen_rejected_margin(tmp_path, tiny_model, separable_p
     out = AutoModelForCausalLM.from_pretrained(str(res.outputs["model"].path))
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model.path))
     assert any(not torch.equal(a, b) for a, b in zip(out.state_dict().values(), base.state_dict().values()))
+
+
+def test_data_path_reads_structured_files_directly(tmp_path, data_dir):
+    from recipe_runner_stages.train.posttrain_common import load_stage_dataset
+    from recipe_runner_stages.train.reward import RewardParams
+    from recipe_runner_stages.train.sft import SFTParams, SFTStage
+
+    p = RewardParams(data_path=str(data_dir / "hh-rlhf-harmless-base-test.jsonl.gz"))
+    assert "dataset" not in RewardStage.input_slots(p) and "model" in RewardStage.input_slots(p)
+    assert RewardStage.fingerprint_extra(p)["size"] == (data_dir / "hh-rlhf-harmless-base-test.jsonl.gz").stat().st_size
+    ctx = StageContext(name="reward", params=p, inputs={}, output_dir=tmp_path, checkpoint_dir=tmp_path, seed=0,
+                       log=logging.getLogger("t"))
+    dsd = load_stage_dataset(ctx)
+    assert len(dsd["train"]) == 2312 and {"chosen", "rejected"} <= set(dsd["train"].column_names)
+    sp = SFTParams(data_path=str(data_dir / "instruction-data.json"), model_name_or_path="x")
+    assert set(SFTStage.input_slots(sp)) == set()
+    ctx = StageContext(name="sft", params=sp, inputs={}, output_dir=tmp_path, checkpoint_dir=tmp_path, seed=0,
+                       log=logging.getLogger("t"))
+    assert load_stage_dataset(ctx)["train"][0] == json.loads((data_dir / "instruction-data.json").read_text())[0]
+    with pytest.raises(StageError, match="not a file"):
+        load_stage_dataset(StageContext(name="sft", params=SFTParams(data_path=str(tmp_path / "nope.json")),
+                                        inputs={}, output_dir=tmp_path, checkpoint_dir=tmp_path, seed=0,
+                                        log=logging.getLogger("t")))
