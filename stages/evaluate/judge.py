@@ -74,7 +74,8 @@ class JudgeParams(Params):
         "score", description="score: 0-100 against the reference answer (rasbt LLMs-from-scratch ch07); "
                              "compare: pick the better of two models' responses, asked in both orders")
     model: str | None = Field(None, description="judge causal LM: a local directory or hub id (e.g. "
-                                                "meta-llama/Meta-Llama-3-8B-Instruct); or set 'endpoint'")
+                                                "meta-llama/Meta-Llama-3-8B-Instruct); or set 'endpoint'; or leave "
+                                                "both unset and connect the eval stage's judge_model input")
     endpoint: EndpointParams | None = Field(None, description="use an OpenAI-compatible API as the judge instead of a local model")
     max_new_tokens: int = Field(64, ge=1, description="tokens the judge may generate per verdict")
     batch_size: int = Field(8, ge=1, description="prompts per generate() call of a local judge")
@@ -103,8 +104,8 @@ class JudgeParams(Params):
 
     @model_validator(mode="after")
     def _one_judge(self) -> "JudgeParams":
-        if (self.model is None) == (self.endpoint is None):
-            raise ValueError("judge: set exactly one of 'model' (a local or hub causal LM) and 'endpoint'")
+        if self.model is not None and self.endpoint is not None:
+            raise ValueError("judge: set only one of 'model' (a local or hub causal LM) and 'endpoint'")
         return self
 
 
@@ -264,9 +265,9 @@ def _reason(text: str) -> str:
 
 
 class _LocalJudge:
-    def __init__(self, p: JudgeParams):
+    def __init__(self, p: JudgeParams, path: str):
         self.p = p
-        self.model, self.tok = load_generator(p.model, p.device, p.precision)
+        self.model, self.tok = load_generator(path, p.device, p.precision)
 
     def __call__(self, prompts: list[str]) -> list[str]:
         if self.p.use_chat_template and getattr(self.tok, "chat_template", None):
@@ -321,8 +322,16 @@ class _EndpointJudge:
         return [self._one(q) for q in prompts]
 
 
-def make_judge(p: JudgeParams) -> Callable[[list[str]], list[str]]:
-    return _EndpointJudge(p) if p.endpoint is not None else _LocalJudge(p)
+def make_judge(p: JudgeParams, model_path: str | None = None) -> Callable[[list[str]], list[str]]:
+    """The judge callable (prompts -> answers): the endpoint, ``p.model``, or
+    ``model_path`` (e.g. the eval stage's judge_model input)."""
+    if p.endpoint is not None:
+        return _EndpointJudge(p)
+    path = p.model or model_path
+    if not path:
+        raise StageError("judge: no judge model: set judge.model (a local dir or hub id), judge.endpoint, or "
+                         "connect a judge_model input")
+    return _LocalJudge(p, path)
 
 
 def _reference_block(item: dict[str, Any]) -> str:
@@ -331,7 +340,8 @@ def _reference_block(item: dict[str, Any]) -> str:
 
 
 def run_judge(params: JudgeParams, responses: list[dict[str, Any]], log: logging.Logger | None = None,
-              judge: Callable[[list[str]], list[str]] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+              judge: Callable[[list[str]], list[str]] | None = None,
+              judge_model_path: str | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Judge ``responses`` and return (rows, metrics).
 
     score mode: each item has ``instruction`` (+ ``input``), ``output`` (the
@@ -347,14 +357,15 @@ def run_judge(params: JudgeParams, responses: list[dict[str, Any]], log: logging
     consistent verdicts, ``judge_tie_rate``, ``judge_consistent``,
     ``judge_flipped`` (both orders parsed but disagreeing), ``judge_unparsed``.
 
-    ``judge``: an already built judge callable (prompts -> answers), for reuse."""
+    ``judge``: an already built judge callable (prompts -> answers), for reuse;
+    ``judge_model_path``: the judge model when ``params`` names none."""
     log = log or logging.getLogger(__name__)
     items = list(responses)
     if params.max_examples:
         items = items[: params.max_examples]
     if not items:
         return [], {}
-    judge = judge or make_judge(params)
+    judge = judge or make_judge(params, judge_model_path)
     if params.mode == "score":
         return _run_score(params, items, judge, log)
     return _run_compare(params, items, judge, log)
@@ -444,25 +455,27 @@ def load_instruction_items(path: str | Path, n: int | None = None) -> list[dict[
 
 def judge_models(params: JudgeParams, model_path: str, items: list[dict[str, Any]],
                  baseline_path: str | None = None, log: logging.Logger | None = None,
-                 device: str = "auto", precision: str = "auto") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                 device: str = "auto", precision: str = "auto",
+                 judge_model_path: str | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The whole judge step of an eval stage: generate the evaluated model's
     responses to ``items`` (and, in compare mode, the baseline's), then judge.
     Score mode needs each item's reference ``output``."""
     log = log or logging.getLogger(__name__)
-    items = list(items)[: params.num_examples] if len(items) > params.num_examples else list(items)
+    items = list(items)[-params.num_examples:]
     gen = dict(template=params.template, max_new_tokens=params.response_max_new_tokens, device=device,
                precision=precision)
     log.info("judge: generating %d responses with %s", len(items), model_path)
     responses = generate_responses(model_path, items, **gen)
     if params.mode == "score":
-        return run_judge(params, [{**it, "response": r} for it, r in zip(items, responses)], log)
+        return run_judge(params, [{**it, "response": r} for it, r in zip(items, responses)], log,
+                         judge_model_path=judge_model_path)
     baseline_path = baseline_path or params.baseline_model
     if not baseline_path:
         raise StageError("judge (compare mode) needs a second model: a baseline model input or judge.baseline_model")
     log.info("judge: generating %d baseline responses with %s", len(items), baseline_path)
     base_responses = generate_responses(baseline_path, items, **gen)
     pairs = [{**it, "response_a": a, "response_b": b} for it, a, b in zip(items, base_responses, responses)]
-    return run_judge(params, pairs, log)
+    return run_judge(params, pairs, log, judge_model_path=judge_model_path)
 
 
 def save_table(rows: list[dict[str, Any]], out_dir: str | Path, stem: str = "judge") -> dict[str, str]:

@@ -68,6 +68,9 @@ class SFTParams(TrainingParams):
     eval_fraction: float = Field(0.05, ge=0, lt=1, description="held-out share of the train split for the validation "
                                                                "loss when the dataset has no 'validation' split")
     max_eval_samples: int | None = Field(200, ge=1, description="cap on validation examples")
+    test_tail: int = Field(0, ge=0, description="leave the last N records of the train split out of training and "
+                                                "validation: a test set for the eval stage's judge (the course's "
+                                                "85/5/10 split keeps the last 10% for testing)")
     num_samples: int = Field(3, ge=0, description="validation prompts to generate sample responses for after training")
     sample_max_new_tokens: int = Field(64, ge=1, description="tokens per sample generation")
 
@@ -236,6 +239,11 @@ def build_sft_trainer(ctx: StageContext, base_path: str, callbacks: list | None 
 
     dsd = load_stage_dataset(ctx)
     fmt = detect_format(dsd["train"].column_names, p)
+    if p.test_tail:
+        n = len(dsd["train"])
+        if p.test_tail >= n:
+            raise StageError(f"test_tail={p.test_tail} leaves nothing to train on ({n} records)")
+        dsd["train"] = dsd["train"].select(range(n - p.test_tail))
     train_raw, eval_raw = train_eval_split(dsd, p.eval_fraction, ctx.seed, p.max_eval_samples)
     train_ds = to_trl_dataset(train_raw, fmt, p)
     eval_ds = to_trl_dataset(eval_raw, fmt, p) if eval_raw is not None else None

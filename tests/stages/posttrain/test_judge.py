@@ -112,8 +112,10 @@ def test_missing_key_variable_and_bad_config():
     p = JudgeParams(endpoint={"base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "SURELY_UNSET_VAR_42"})
     with pytest.raises(StageError, match="SURELY_UNSET_VAR_42"):
         run_judge(p, [{"instruction": "x", "output": "y", "response": "z"}])
-    with pytest.raises(ValueError, match="exactly one"):
-        JudgeParams(mode="score")
+    with pytest.raises(ValueError, match="only one"):
+        JudgeParams(model="x", endpoint={"base_url": "http://127.0.0.1:9/v1", "model": "m"})
+    with pytest.raises(StageError, match="no judge model"):
+        run_judge(JudgeParams(), [{"instruction": "x", "output": "y", "response": "z"}])
 
 
 def test_tiny_local_judge_and_generation(tiny_model_dir, data_dir):
@@ -127,9 +129,10 @@ def test_tiny_local_judge_and_generation(tiny_model_dir, data_dir):
     assert m["judge_n"] == 3 and m["judge_scored"] + m["judge_unparsed"] == 3
     assert all(r["score"] is None or 0 <= r["score"] <= 100 for r in rows)
 
-    pc = JudgeParams(mode="compare", model=str(tiny_model_dir), max_new_tokens=6, device="cpu", num_examples=2,
-                     response_max_new_tokens=6)
-    rows, m = judge_models(pc, str(tiny_model_dir), items, baseline_path=str(tiny_model_dir))
+    pc = JudgeParams(mode="compare", max_new_tokens=6, device="cpu", num_examples=2, response_max_new_tokens=6)
+    rows, m = judge_models(pc, str(tiny_model_dir), items, baseline_path=str(tiny_model_dir),
+                           judge_model_path=str(tiny_model_dir))
+    assert [r["instruction"] for r in rows] == [it["instruction"] for it in items[-2:]]
     assert m["judge_n"] == 2
     assert m["judge_consistent"] + m["judge_flipped"] + m["judge_unparsed"] == 2
     assert all(r["winner"] is None or re.fullmatch(r"a|b|tie", r["winner"]) for r in rows)
