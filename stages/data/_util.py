@@ -32,8 +32,11 @@ from recipe_runner.stage import StageError
 
 NumProc = Union[Literal["auto"], int]
 
-#: Below this much input text per shard, a worker process costs more than it saves.
+#: Below this much input text per shard, a worker process costs more than it
+#: saves (for cheap, vectorised passes; costly per-document passes such as
+#: language ID or the datatrove rules pass a lower ``min_bytes``).
 AUTO_PARALLEL_MIN_BYTES = 8 * 2**20
+AUTO_PARALLEL_MIN_BYTES_COSTLY = 1 * 2**20
 MAX_AUTO_PROCS = 8
 
 SPLIT_ORDER = ("train", "validation", "test")
@@ -45,7 +48,8 @@ def num_proc_field(default: NumProc = "auto") -> Any:
         description=(
             "Worker processes for the batched passes: an integer, or 'auto' (all usable cores, "
             f"at most {MAX_AUTO_PROCS}, once a shard holds more than "
-            f"{AUTO_PARALLEL_MIN_BYTES // 2**20} MiB of text; one process below that, where "
+            f"{AUTO_PARALLEL_MIN_BYTES // 2**20} MiB of text, or {AUTO_PARALLEL_MIN_BYTES_COSTLY // 2**20} MiB "
+            "for costly per-document work such as language ID; one process below that, where "
             "starting workers costs more than it saves)."
         ),
     )
@@ -72,10 +76,11 @@ def usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def resolve_num_proc(num_proc: NumProc, nbytes: int, rows: int | None = None) -> int:
+def resolve_num_proc(num_proc: NumProc, nbytes: int, rows: int | None = None,
+                     min_bytes: int = AUTO_PARALLEL_MIN_BYTES) -> int:
     """The number of processes for one pass over ``nbytes`` of input."""
     if num_proc == "auto":
-        if nbytes < AUTO_PARALLEL_MIN_BYTES:
+        if nbytes < min_bytes:
             return 1
         n = min(usable_cpus(), MAX_AUTO_PROCS)
     else:
@@ -133,7 +138,13 @@ def save_dataset_dict(splits: dict[str, Any], path: Path, num_proc: int | None =
     path = Path(path)
     if path.exists():
         shutil.rmtree(path)
-    DatasetDict(splits).save_to_disk(str(path), num_proc=num_proc if num_proc and num_proc > 1 else None)
+    kwargs: dict[str, Any] = {}
+    if any(len(d) == 0 for d in splits.values()):
+        # datasets writes no shard for an empty split, and then cannot load it back
+        kwargs["num_shards"] = {s: 1 for s, d in splits.items() if len(d) == 0}
+        kwargs["num_shards"].update({s: max(1, -(-int(d.data.nbytes) // (500 * 2**20)))
+                                     for s, d in splits.items() if len(d)})
+    DatasetDict(splits).save_to_disk(str(path), num_proc=num_proc if num_proc and num_proc > 1 else None, **kwargs)
 
 
 def artifact_identity(art: Any) -> dict[str, Any]:

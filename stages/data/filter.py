@@ -12,15 +12,21 @@ from recipe_runner.artifacts import DATASET, Artifact
 from recipe_runner.stage import Input, Params, Stage, StageContext, StageError
 
 from ._util import (
+    AUTO_PARALLEL_MIN_BYTES, AUTO_PARALLEL_MIN_BYTES_COSTLY,
     NumProc, ShardStore, arrow_map, artifact_identity, batch_size_field, load_arrow, load_dataset_dict,
     num_proc_field, quiet_datasets, require_column, resolve_num_proc, save_arrow, save_dataset_dict,
     shard_ranges, shard_size_field, table_nbytes,
 )
 from .filters import TEXT_MODIFYING, FilterSpec
 
+#: vectorised filters: a worker process only pays off on big shards
+CHEAP = {"paragraph_length", "paragraph_repetition", "length"}
+
 
 def _course_defaults() -> list[Any]:
-    return [{"type": "paragraph_length"}, {"type": "paragraph_repetition"}]
+    from .filters import ParagraphLengthFilter, ParagraphRepetitionFilter
+
+    return [ParagraphLengthFilter(type="paragraph_length"), ParagraphRepetitionFilter(type="paragraph_repetition")]
 
 
 class FilterParams(Params):
@@ -71,6 +77,7 @@ class FilterStage(Stage):
         names = p.filter_names()
         specs_json = json.dumps([f.model_dump(mode="json") for f in p.filters])
         modifies = any(f.type in TEXT_MODIFYING for f in p.filters)
+        costly = any(f.type not in CHEAP for f in p.filters)
         # build the filters once here, so a broken option fails before any work
         from .filters import _runners
 
@@ -96,7 +103,9 @@ class FilterStage(Stage):
                     part = ds.select(range(a, b))
 
                     def write(tmp: Path, part: Any = part) -> dict[str, Any]:
-                        nproc = resolve_num_proc(p.num_proc, table_nbytes(part), len(part))
+                        nproc = resolve_num_proc(p.num_proc, table_nbytes(part), len(part),
+                                                 min_bytes=AUTO_PARALLEL_MIN_BYTES_COSTLY if costly
+                                                 else AUTO_PARALLEL_MIN_BYTES)
                         res = arrow_map(part, _filter_fn, store.scratch, num_proc=nproc, batch_size=p.batch_size,
                                         fn_kwargs={"specs_json": specs_json, "text_column": p.text_column,
                                                    "modifies": modifies},
@@ -139,7 +148,7 @@ class FilterStage(Stage):
                     prog.advance(b - a)
                 drop = np.concatenate(masks) if masks else np.zeros(0, np.int16)
                 keep_idx = np.flatnonzero(drop < 0)
-                if modifies:
+                if modifies and len(keep_idx):
                     new_text = (concatenate_datasets(texts) if len(texts) > 1 else texts[0]).select(keep_idx)
                     rest = ds.remove_columns([p.text_column]).select(keep_idx)
                     kept = concatenate_datasets([new_text, rest], axis=1) if rest.column_names else new_text

@@ -21,11 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PLUGIN_GROUP = "recipe_runner.filters"
 
-WordTokenizerName = Literal["regex", "spacy"]
+WordTokenizerName = Literal["simple", "spacy"]
 _WORD_TOKENIZER_DOC = (
-    "Word/sentence splitter the rules count with: 'regex' (built in, offline: words are runs of letters/digits "
-    "(with inner apostrophes) and single punctuation marks; sentences end at . ! ? followed by space) or 'spacy' "
-    "(datatrove's default, spaCy's blank English pipeline; needs the spacy package)."
+    "Word/sentence splitter the rules count with: 'simple' (built in, offline: words are the whitespace-separated "
+    "chunks, as in the Gopher paper, with surrounding punctuation stripped; sentences end at . ! ? or an ellipsis) "
+    "or 'spacy' (datatrove's default, spaCy's blank English pipeline; needs the spacy package)."
 )
 
 
@@ -84,7 +84,7 @@ class GopherQualityFilter(_Filter):
     min_stop_words: int | None = Field(2, description="Fewest distinct stop words present (paper: 2).")
     stop_words: list[str] | None = Field(
         None, description="Stop words (default: the paper's: the, be, to, of, and, that, have, with).")
-    word_tokenizer: WordTokenizerName = Field("regex", description=_WORD_TOKENIZER_DOC)
+    word_tokenizer: WordTokenizerName = Field("simple", description=_WORD_TOKENIZER_DOC)
 
 
 class GopherRepetitionFilter(_Filter):
@@ -102,7 +102,7 @@ class GopherRepetitionFilter(_Filter):
     dup_n_grams: list[tuple[int, float]] = Field(
         [(5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10)],
         description="(n, fraction): most characters in duplicated n-grams (paper: 5->0.15 ... 10->0.10).")
-    word_tokenizer: WordTokenizerName = Field("regex", description=_WORD_TOKENIZER_DOC)
+    word_tokenizer: WordTokenizerName = Field("simple", description=_WORD_TOKENIZER_DOC)
 
 
 class C4QualityFilter(_Filter):
@@ -120,7 +120,7 @@ class C4QualityFilter(_Filter):
     filter_javascript: bool = Field(True, description="Remove lines mentioning 'javascript'.")
     filter_curly_bracket: bool = Field(True, description="Drop pages containing '{' (note: this drops source code).")
     filter_policy: bool = Field(True, description="Remove lines about cookies / terms of use / privacy policy.")
-    word_tokenizer: WordTokenizerName = Field("regex", description=_WORD_TOKENIZER_DOC)
+    word_tokenizer: WordTokenizerName = Field("simple", description=_WORD_TOKENIZER_DOC)
 
 
 class FineWebQualityFilter(_Filter):
@@ -133,7 +133,7 @@ class FineWebQualityFilter(_Filter):
     short_line_length: int = Field(30, description="A line this long or shorter is short (30).")
     char_duplicates_ratio: float = Field(0.01, description="Most characters in duplicated lines, as a fraction (0.01).")
     new_line_ratio: float = Field(0.3, description="Most newlines per word (0.3).")
-    word_tokenizer: WordTokenizerName = Field("regex", description=_WORD_TOKENIZER_DOC)
+    word_tokenizer: WordTokenizerName = Field("simple", description=_WORD_TOKENIZER_DOC)
 
 
 class LanguageFilter(_Filter):
@@ -295,7 +295,7 @@ class _Length:
         return keep, reasons, None
 
 
-class _RegexWordTokenizerFactory:
+class _SimpleWordTokenizerFactory:
     """Builds datatrove's WordTokenizer subclass lazily (datatrove is only
     imported when a datatrove-backed filter runs)."""
 
@@ -306,14 +306,21 @@ class _RegexWordTokenizerFactory:
         if cls._cls is None:
             from datatrove.utils.word_tokenizers import WordTokenizer
 
-            words = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
+            from datatrove.utils.text import PUNCTUATION
+
+            strip = PUNCTUATION + "\"'“”‘’"
+
             sents = re.compile(r"[^.!?…]*(?:[.!?…]+[\"'”’)\]]*|$)", re.S)
 
-            class RegexWordTokenizer(WordTokenizer):
+            class SimpleWordTokenizer(WordTokenizer):
                 """Offline word/sentence splitter for datatrove's rules."""
 
                 def word_tokenize(self, text: str) -> list[str]:
-                    return words.findall(text)
+                    out = []
+                    for chunk in text.split():
+                        core = chunk.strip(strip)
+                        out.append(core or chunk)
+                    return out
 
                 def span_tokenize(self, text: str) -> list[tuple[int, int]]:
                     spans = []
@@ -326,20 +333,20 @@ class _RegexWordTokenizerFactory:
                 def sent_tokenize(self, text: str) -> list[str]:
                     return [text[a:b].strip() for a, b in self.span_tokenize(text)]
 
-            cls._cls = RegexWordTokenizer("en")
+            cls._cls = SimpleWordTokenizer("en")
         return cls._cls
 
 
 def _word_tokenizer(name: str) -> Any:
-    if name == "regex":
-        return _RegexWordTokenizerFactory.get()
+    if name == "simple":
+        return _SimpleWordTokenizerFactory.get()
     try:
         import spacy  # noqa: F401
     except ImportError as e:
         from recipe_runner.stage import StageError
 
         raise StageError("word_tokenizer 'spacy' needs the spacy package (pip install spacy); "
-                         "or use word_tokenizer 'regex'") from e
+                         "or use word_tokenizer 'simple'") from e
     return "en"
 
 
