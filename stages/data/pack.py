@@ -76,10 +76,11 @@ class PackParams(Params):
 class _Streamer:
     """Concat / document / sliding packing over a stream of token batches."""
 
-    def __init__(self, mode: str, L: int, stride: int, carry: Any = None, carry_starts: Any = None):
+    def __init__(self, mode: str, L: int, stride: int, carry: Any = None, carry_starts: Any = None,
+                 skip: int = 0):
         import numpy as np
 
-        self.mode, self.L, self.S = mode, L, stride
+        self.mode, self.L, self.S, self.skip = mode, L, stride, skip
         self.carry = np.zeros(0, np.int32) if carry is None else carry
         self.carry_starts = np.zeros(0, bool) if carry_starts is None else carry_starts
 
@@ -94,6 +95,9 @@ class _Streamer:
         sflags = np.concatenate((self.carry_starts, starts)) if len(self.carry_starts) else starts
         L = self.L
         if self.mode == "sliding":
+            if self.skip:  # a stride longer than the row skips tokens past the end of the last batch
+                k = min(self.skip, len(buf))
+                buf, sflags, self.skip = buf[k:], sflags[k:], self.skip - k
             if len(buf) < L:
                 self.carry, self.carry_starts = buf, sflags
                 return None
@@ -101,6 +105,7 @@ class _Streamer:
             view = np.lib.stride_tricks.sliding_window_view(buf, L)[:: self.S][:n]
             rows = np.ascontiguousarray(view)
             nxt = n * self.S
+            self.skip = max(0, nxt - len(buf))
             self.carry, self.carry_starts = buf[nxt:].copy(), sflags[nxt:].copy()
             return {"input_ids": rows}
         n = len(buf) // L
@@ -242,19 +247,21 @@ class PackStage(Stage):
                 shards = shard_ranges(len(ds), p.shard_size)
                 parts = []
                 carry = carry_starts = None
+                skip = 0
                 stats = {"rows": 0, "tokens_in": 0, "tokens_out": 0, "pad_tokens": 0}
                 for si, (a, b) in enumerate(shards):
                     part = ds.select(range(a, b))
                     last = si == len(shards) - 1
 
                     def write(tmp: Path, part: Any = part, carry: Any = carry, carry_starts: Any = carry_starts,
-                              last: bool = last) -> dict[str, Any]:
-                        return self._pack_shard(part, p, pad, tmp, carry, carry_starts, last)
+                              last: bool = last, skip: int = skip) -> dict[str, Any]:
+                        return self._pack_shard(part, p, pad, tmp, carry, carry_starts, last, skip)
 
                     path, meta = store.get_or_make(f"{split}-{si:05d}", write)
                     if (path / "carry.npy").exists():
                         carry = np.load(path / "carry.npy")
                         carry_starts = np.load(path / "carry_starts.npy")
+                        skip = int(meta.get("skip", 0))
                     if meta["rows"]:
                         parts.append(load_arrow(path / "rows.arrow"))
                     for k in stats:
@@ -303,7 +310,7 @@ class PackStage(Stage):
 
     @staticmethod
     def _pack_shard(part: Any, p: PackParams, pad: int | None, tmp: Path, carry: Any, carry_starts: Any,
-                    last: bool) -> dict[str, Any]:
+                    last: bool, skip: int = 0) -> dict[str, Any]:
         import numpy as np
         from datasets.arrow_writer import ArrowWriter
 
@@ -321,7 +328,7 @@ class PackStage(Stage):
                         stats["tokens_out"] += used
                         stats["pad_tokens"] += n * L - used
             else:
-                s = _Streamer(p.mode, L, p.stride or L, carry, carry_starts)
+                s = _Streamer(p.mode, L, p.stride or L, carry, carry_starts, skip)
                 carried = len(s.carry)
                 for flat, lengths in _batches(part, p.batch_size):
                     stats["tokens_in"] += int(lengths.sum())
@@ -334,6 +341,7 @@ class PackStage(Stage):
                 stats["tokens_out"] = moved
                 np.save(tmp / "carry.npy", s.carry)
                 np.save(tmp / "carry_starts.npy", s.carry_starts)
+                stats["skip"] = s.skip
         finally:
             writer.finalize()
             writer.close()
