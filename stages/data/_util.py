@@ -200,6 +200,20 @@ def arrow_map(ds: Any, fn: Callable, scratch: Path, *, num_proc: int = 1, batch_
     return out.with_format(None)
 
 
+def order_metrics(m: dict[str, Any], first: list[str]) -> None:
+    """Reorder ``m`` in place: keys (or ``prefix.`` groups) in ``first`` lead,
+    so summaries show the informative numbers."""
+    ordered: dict[str, Any] = {}
+    for f in first:
+        if f.endswith("."):
+            ordered.update({k: v for k, v in m.items() if k.startswith(f)})
+        elif f in m:
+            ordered[f] = m[f]
+    ordered.update(m)
+    m.clear()
+    m.update(ordered)
+
+
 # ------------------------------------------------------------- shard store
 
 

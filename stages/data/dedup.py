@@ -14,6 +14,7 @@ from recipe_runner.artifacts import DATASET, Artifact
 from recipe_runner.stage import Input, Params, Stage, StageContext, StageError
 
 from ._util import (
+    order_metrics,
     NumProc, ShardStore, arrow_map, artifact_identity, batch_size_field, load_dataset_dict, num_proc_field,
     quiet_datasets, require_column, resolve_num_proc, save_dataset_dict, shard_ranges, shard_size_field,
     table_nbytes,
@@ -263,6 +264,7 @@ class DedupStage(Stage):
         m["documents_out"] = int(keep.sum())
         m["shards_reused"] = store.reused
         m["shards_computed"] = store.computed
+        order_metrics(ctx.metrics, ['documents_in', 'documents_out', 'exact_duplicates_removed', 'near_duplicates_removed', 'near_duplicate_clusters'])
         meta = dict(art.meta)
         meta["splits"] = {s: len(d) for s, d in out_splits.items()}
         return {"dataset": Artifact(DATASET, out, meta=meta)}

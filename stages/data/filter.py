@@ -12,6 +12,7 @@ from recipe_runner.artifacts import DATASET, Artifact
 from recipe_runner.stage import Input, Params, Stage, StageContext, StageError
 
 from ._util import (
+    order_metrics,
     AUTO_PARALLEL_MIN_BYTES, AUTO_PARALLEL_MIN_BYTES_COSTLY,
     NumProc, ShardStore, arrow_map, artifact_identity, batch_size_field, load_arrow, load_dataset_dict,
     num_proc_field, quiet_datasets, require_column, resolve_num_proc, save_arrow, save_dataset_dict,
@@ -172,6 +173,7 @@ class FilterStage(Stage):
             m[f"reasons.{k}"] = reasons[k]
         m["shards_reused"] = store.reused
         m["shards_computed"] = store.computed
+        order_metrics(ctx.metrics, ['documents_in', 'documents_out', 'removed.'])
         meta = dict(art.meta)
         meta["splits"] = {s: len(d) for s, d in out_splits.items()}
         return {"dataset": Artifact(DATASET, out, meta=meta)}

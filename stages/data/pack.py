@@ -27,6 +27,7 @@ from recipe_runner.artifacts import PACKED_DATASET, TOKENIZED_DATASET, Artifact
 from recipe_runner.stage import Input, Params, PlanView, Stage, StageContext, StageError
 
 from ._util import (
+    order_metrics,
     ShardStore, artifact_identity, load_arrow, load_dataset_dict, quiet_datasets, require_column,
     save_dataset_dict, shard_ranges, shard_size_field,
 )
@@ -294,6 +295,7 @@ class PackStage(Stage):
             m["padding_fraction"] = round(pads / (rows * L), 6)
         m["shards_reused"] = store.reused
         m["shards_computed"] = store.computed
+        order_metrics(ctx.metrics, ['rows', 'max_seq_length', 'padding_fraction', 'train_rows', 'train_tokens_dropped'])
         if p.export_parquet:
             pq = out / "parquet"
             pq.mkdir(exist_ok=True)

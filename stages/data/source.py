@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 from recipe_runner.artifacts import DATASET, Artifact
 from recipe_runner.stage import Params, Stage, StageContext, StageError
 
-from ._util import ShardStore, load_arrow, quiet_datasets, save_dataset_dict
+from ._util import ShardStore, load_arrow, order_metrics, quiet_datasets, save_dataset_dict
 
 FILES_PER_SHARD = 500
 WRITE_BATCH_DOCS = 1000
@@ -661,5 +661,6 @@ class SourceStage(Stage):
             m[f"{s}_documents"] = len(d)
         m["shards_reused"] = store.reused
         m["shards_computed"] = store.computed
+        order_metrics(ctx.metrics, ['train_documents', 'validation_documents', 'documents.'])
         return {"dataset": Artifact(DATASET, out, meta={"splits": {s: len(d) for s, d in splits.items()},
                                                          "sources": names, "text_column": "text"})}

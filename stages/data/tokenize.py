@@ -13,6 +13,7 @@ from recipe_runner.artifacts import DATASET, TOKENIZED_DATASET, TOKENIZER, Artif
 from recipe_runner.stage import Input, Params, Stage, StageContext, StageError
 
 from ._util import (
+    order_metrics,
     NumProc, ShardStore, arrow_map, artifact_identity, batch_size_field, hub_offline, hub_unreachable_reason,
     load_dataset_dict, quiet_datasets, require_column, resolve_num_proc, save_dataset_dict, shard_ranges,
     shard_size_field, table_nbytes,
@@ -306,6 +307,7 @@ class TokenizeStage(Stage):
         m["shards_computed"] = store.computed
         if total_docs:
             m["tokens_per_document"] = round(grand / total_docs, 2)
+        order_metrics(ctx.metrics, ['num_tokens', 'vocab_size', 'tokens_per_document', 'tokenizer'])
         ds_meta = {**tok_meta, "num_tokens": grand, "splits": {s: len(d) for s, d in out_splits.items()},
                    "add_bos": p.add_bos, "add_eos": p.add_eos}
         return {"dataset": Artifact(TOKENIZED_DATASET, out, meta=ds_meta),
