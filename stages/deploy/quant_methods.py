@@ -28,8 +28,9 @@ def _require_cuda(method: str, device: str, install: str, what: str) -> None:
     import torch
 
     if device == "cpu" or not torch.cuda.is_available():
+        why = "no CUDA device is visible" if not torch.cuda.is_available() else "the stage's device is 'cpu'"
         raise StageError(
-            f"method {method!r} needs a CUDA GPU ({'device is cpu' if device == 'cpu' else 'no CUDA device is visible'}) "
+            f"method {method!r} needs a CUDA GPU ({why}) "
             f"and {what} (pip install 'recipe-runner[{install}]'). {GPU_HINT}"
         )
 
@@ -64,15 +65,20 @@ def quantize_int8(model_dir: Path, out_dir: Path, tokenizer, scheme: str) -> dic
 
 # ------------------------------------------------------------------ bitsandbytes
 
-def quantize_bnb(model_dir: Path, out_dir: Path, tokenizer, bits: int, quant_type: str,
-                 compute_dtype, device: str) -> dict[str, Any]:
-    _require_cuda("bnb", device, "gpu", "bitsandbytes")
+def _import_bnb():
     try:
-        import bitsandbytes  # noqa: F401
+        import bitsandbytes
     except Exception as e:
         raise StageError(
             f"method 'bnb' needs bitsandbytes: pip install 'recipe-runner[gpu]' (CUDA only) ({e}). {GPU_HINT}"
         ) from e
+    return bitsandbytes
+
+
+def quantize_bnb(model_dir: Path, out_dir: Path, tokenizer, bits: int, quant_type: str,
+                 compute_dtype, device: str) -> dict[str, Any]:
+    _require_cuda("bnb", device, "gpu", "bitsandbytes")
+    _import_bnb()
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     if bits == 8:

@@ -45,8 +45,8 @@ class QuantizeParams(Params):
         "gguf",
         description="'gguf': a llama.cpp GGUF file (Llama-family models; runs on CPU); 'int8': CPU int8 through "
         "torchao, a transformers model directory; 'gptq': GPTQ through GPTQModel, calibrated on the dataset input "
-        "(CUDA GPU + `pip install 'recipe-runner[gptq]'`); 'bnb': bitsandbytes 8-bit / 4-bit nf4 (CUDA GPU + "
-        "`pip install 'recipe-runner[gpu]'`)",
+        "(needs a CUDA GPU and GPTQModel, the package's `gptq` extra); 'bnb': bitsandbytes 8-bit / 4-bit nf4 "
+        "(needs a CUDA GPU and bitsandbytes, the package's `gpu` extra)",
     )
     gguf_type: GGUFType = Field(
         "q8_0",
@@ -167,14 +167,15 @@ class QuantizeStage(Stage):
         if p.method == "gptq" and data_art is None:
             raise StageError("method 'gptq' needs a dataset input for calibration")
 
-        quant_device = "cpu" if p.method in ("gguf", "int8") else resolve_device(p.device)
-        eval_device = resolve_device(p.device) if p.method in ("gptq", "bnb") else "cpu"
         if p.method in ("gptq", "bnb"):
             # fail before any work when the GPU or the library is missing
-            from .quant_methods import _require_cuda
+            from .quant_methods import _import_bnb, _import_gptqmodel, _require_cuda
 
-            _require_cuda(p.method, quant_device, "gptq" if p.method == "gptq" else "gpu",
+            _require_cuda(p.method, p.device, "gptq" if p.method == "gptq" else "gpu",
                           "GPTQModel" if p.method == "gptq" else "bitsandbytes")
+            _import_gptqmodel() if p.method == "gptq" else _import_bnb()
+        quant_device = "cpu" if p.method in ("gguf", "int8") else resolve_device(p.device)
+        eval_device = quant_device
         precision = resolve_precision(p.precision, eval_device) if eval_device == "cuda" else "fp32"
 
         tokenizer = load_tokenizer(model_dir)
@@ -224,6 +225,12 @@ class QuantizeStage(Stage):
                 )
             if "sample" in before:
                 m.update(prompt=p.prompt, sample_before=before["sample"], sample_after=after["sample"])
+        # headline numbers first (the run summary shows the first few metrics)
+        first = ("compression_ratio", "perplexity_delta", "size_bytes", "perplexity_before", "perplexity_after")
+        ordered = {k: m[k] for k in first if k in m}
+        ordered.update({k: v for k, v in m.items() if k not in ordered})
+        m.clear()
+        m.update(ordered)
         art.meta.update({k: m[k] for k in ("size_bytes", "compression_ratio") if k in m})
         for k in ("perplexity_before", "perplexity_after", "perplexity_delta"):
             if k in m:
