@@ -295,3 +295,27 @@ def test_gguf_runs_in_llama_cpp_llama_vocab(tmp_path, llama_bpe_model_dir):
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, verbose=False, vocab_only=True)
     for text in TEXTS + ["  two leading spaces", "</s> after a special token"]:
         assert llm.tokenize(text.encode(), add_bos=True, special=True) == src(text)["input_ids"], text
+
+
+def test_gguf_rows_not_multiple_of_block_fall_back_to_f16(tmp_path, tiny_tokenizer_dir, rel_err):
+    """hidden 48: 48-wide rows cannot be cut into 32-weight blocks, so those
+    tensors are written F16 (as llama.cpp's converter does); 96-wide rows
+    (down_proj) are quantized; the file still computes the source function."""
+    import torch
+    from gguf import GGUFReader
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from recipe_runner_stages.deploy.gguf_convert import write_gguf
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=1,
+                                 num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+                     ).save_pretrained(str(tmp_path / "m"))
+    tok.save_pretrained(str(tmp_path / "m"))
+    path = write_gguf(tmp_path / "m", tmp_path / "g" / "m.q8_0.gguf", "q8_0").path
+    types = {t.name: t.tensor_type.name for t in GGUFReader(str(path)).tensors}
+    assert types["blk.0.attn_q.weight"] == "F16" and types["token_embd.weight"] == "F16"
+    assert types["blk.0.ffn_down.weight"] == "Q8_0"
+    ids, ref = _source_logits(tmp_path / "m")
+    assert rel_err(torch.cat(_gguf_logits(path, ids)), torch.cat(ref)) < TOLERANCE["q8_0"]

@@ -62,3 +62,42 @@ def test_int8_without_dataset_reports_sizes_and_samples(tmp_path, tiny_model_dir
     m = res.metrics
     assert "perplexity_before" not in m and m["compression_ratio"] > 1
     assert isinstance(m["sample_after"], str)
+
+
+def test_perplexity_on_tokenized_and_packed_inputs(tmp_path, tiny_model_dir):
+    """Token-id datasets are scored as they are: the stage's perplexity equals
+    transformers' own loss on the same ids; ids outside the vocabulary are refused."""
+    import math
+
+    import torch
+    from datasets import Dataset, DatasetDict
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from recipe_runner.artifacts import MODEL, PACKED_DATASET, TOKENIZED_DATASET, Artifact
+    from recipe_runner.stage import StageError
+    from recipe_runner.testing import run_stage
+    from recipe_runner_stages.deploy.quantize import QuantizeStage
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    ids = tok("I HAD always thought Jack Gisburn rather a cheap genius--though a good fellow enough--so it was "
+              "no great surprise to me to hear that, in the height of his glory, he had dropped his painting, "
+              "married a rich widow, and established himself in a villa on the Riviera.")["input_ids"]
+    rows = [ids[i:i + 32] for i in range(0, 64, 32)]
+    DatasetDict(train=Dataset.from_dict({"input_ids": rows})).save_to_disk(str(tmp_path / "packed"))
+    res = run_stage(QuantizeStage, {"method": "int8", "eval_seq_len": 64, "max_new_tokens": 0},
+                    inputs={"model": Artifact(MODEL, tiny_model_dir),
+                            "dataset": Artifact(PACKED_DATASET, tmp_path / "packed")}, workdir=tmp_path / "run1")
+    flat = torch.tensor([rows[0] + rows[1]])  # packed rows are joined as they are (no EOS added)
+    src = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    with torch.no_grad():
+        expected = math.exp(float(src(flat, labels=flat).loss))
+    assert res.metrics["eval_split"] == "train" and res.metrics["eval_tokens"] == 64
+    assert res.metrics["perplexity_before"] == pytest.approx(expected, rel=1e-4)
+    assert "sample_before" not in res.metrics  # max_new_tokens: 0 skips the sample
+
+    DatasetDict(train=Dataset.from_dict({"input_ids": [[5, 6, 100000]], "num_tokens": [3]})).save_to_disk(
+        str(tmp_path / "bad"))
+    with pytest.raises(StageError, match="outside the model's vocabulary"):
+        run_stage(QuantizeStage, {"method": "int8"},
+                  inputs={"model": Artifact(MODEL, tiny_model_dir),
+                          "dataset": Artifact(TOKENIZED_DATASET, tmp_path / "bad")}, workdir=tmp_path / "run2")
