@@ -5,10 +5,10 @@
     python bench/data_pipeline.py --mb 50 --datatrove --json out.json
 
 The corpus is real text replicated to ``--mb`` megabytes: half "web"
-documents (tinyshakespeare cut into ~2 KB pieces of consecutive paragraphs,
-stored as JSON Lines like the course's hub dataset) and half source code (the
-Python standard library's own .py files, one document per file, as the course
-builds its python-code dataset).  Every replica gets a first line
+documents (tinyshakespeare's paragraphs, one document each, as the project's
+recipes read it, stored as JSON Lines like the course's hub dataset) and half
+source code (the Python standard library's own .py files, one document per
+file, as the course builds its python-code dataset).  Every replica gets a first line
 ``# copy N`` so replicas are distinct documents and every step works on the
 full volume.
 
@@ -92,16 +92,7 @@ def build_corpus(dest: Path, mb: float) -> dict:
     half = target // 2
     shutil.rmtree(dest, ignore_errors=True)
     (dest / "code").mkdir(parents=True)
-    paras = [p for p in (DATA / "tinyshakespeare.txt").read_text().split("\n\n") if p.strip()]
-    pieces, cur, size = [], [], 0
-    for p in paras:
-        cur.append(p)
-        size += len(p)
-        if size >= 2000:
-            pieces.append("\n\n".join(cur))
-            cur, size = [], 0
-    if cur:
-        pieces.append("\n\n".join(cur))
+    pieces = [p for p in (DATA / "tinyshakespeare.txt").read_text().split("\n\n") if p.strip()]
     web_bytes = web_docs = 0
     with open(dest / "web.jsonl", "w") as f:
         copy = 0
@@ -342,7 +333,8 @@ def stages_way(corpus: Path, tok_dir: Path, seq_len: int, out: Path, num_proc: s
     pk = step("pack", PackStage, {"mode": "concat", "max_seq_length": seq_len, "export_parquet": True},
               {"dataset": tk["dataset"]})
     kept = load_from_disk(str(f2["dataset"].path))["train"]["text"]
-    packed = np.asarray(load_from_disk(str(pk["dataset"].path))["train"].with_format("numpy")["input_ids"])
+    table = load_from_disk(str(pk["dataset"].path))["train"].with_format("arrow")[:]
+    packed = table.column("input_ids").combine_chunks().flatten().to_numpy().reshape(len(table), -1)
     return t, {"texts": kept, "packed": packed, "num_tokens": metrics["tokenize"]["num_tokens"]}, metrics
 
 

@@ -112,14 +112,14 @@ class FilterStage(Stage):
                                                    "modifies": modifies},
                                         remove_columns=part.column_names,
                                         input_columns=[p.text_column])
-                        drop = np.asarray(res.with_format("numpy")["_drop"], dtype=np.int16) if len(res) else \
+                        tab = res.with_format("arrow")[:] if len(res) else None
+                        drop = tab.column("_drop").to_numpy().astype(np.int16) if tab is not None else \
                             np.zeros(0, np.int16)
                         np.save(tmp / "drop.npy", drop)
                         counts: dict[str, int] = {}
-                        if len(res):
+                        if tab is not None:
                             import pyarrow.compute as pc
 
-                            tab = res.with_format("arrow")[:]
                             dropped = pc.filter(tab, pc.greater_equal(tab.column("_drop"), 0))
                             for row in pc.value_counts(pc.binary_join_element_wise(
                                     pc.cast(dropped.column("_drop"), "string"), dropped.column("_reason"), ":"

