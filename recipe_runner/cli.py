@@ -175,6 +175,7 @@ def status(recipe: str = RecipeArg, set_: Optional[list[str]] = SetOpt, workdir:
 @app.command()
 def stages(name: Optional[str] = typer.Argument(None, help="a stage type: print its parameters")) -> None:
     """List installed stage plugins, or one stage's parameters."""
+    from rich.markup import escape
     from rich.table import Table
 
     from .console import stdout
@@ -190,9 +191,9 @@ def stages(name: Optional[str] = typer.Argument(None, help="a stage type: print 
             try:
                 d = reg.describe(n)
                 alias = f" (alias of {d['canonical']})" if d["canonical"] != n else ""
-                t.add_row(n, d["version"], d["distribution"], d["description"] + alias)
+                t.add_row(n, d["version"], d["distribution"], escape(d["description"] + alias))
             except PluginError as e:
-                t.add_row(n, "?", reg.entry(n).distribution if len(reg._entries[n]) == 1 else "?", f"[red]{e}[/]")
+                t.add_row(n, "?", "?", f"[red]{escape(str(e))}[/]")
         stdout.print(t)
         return
     try:
@@ -201,7 +202,7 @@ def stages(name: Optional[str] = typer.Argument(None, help="a stage type: print 
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(EXIT_INVALID)
     d = reg.describe(name)
-    stdout.print(f"[bold]{name}[/] v{d['version']} from {d['distribution']}\n{d['description']}\n")
+    stdout.print(f"[bold]{name}[/] v{d['version']} from {escape(d['distribution'])}\n{escape(d['description'])}\n")
     p = cls.Params() if not any(f.is_required() for f in cls.Params.model_fields.values()) else None
     ins = cls.input_slots(p) if p is not None else cls.inputs
     outs = cls.output_slots(p) if p is not None else cls.outputs
@@ -214,7 +215,7 @@ def stages(name: Optional[str] = typer.Argument(None, help="a stage type: print 
     for c in ("name", "type", "default", "description"):
         t.add_column(c, overflow="fold")
     for row in params_rows(cls.Params):
-        t.add_row(*row)
+        t.add_row(*(escape(c) for c in row))
     stdout.print(t)
 
 
