@@ -26,7 +26,7 @@ from .posttrain_common import (
     model_input_slots,
 )
 
-Format = Literal["auto", "alpaca", "chat", "prompt_completion", "text"]
+Format = Literal["auto", "alpaca", "chat", "prompt_completion", "text", "chosen"]
 
 
 class SFTParams(TrainingParams):
@@ -43,8 +43,9 @@ class SFTParams(TrainingParams):
                                            "the base weights (merge_and_unload), output 'model'")
     format: Format = Field(
         "auto", description="data format: alpaca (instruction/input/output, standard Alpaca prompt), chat (a "
-                            "messages column rendered with the chat template), prompt_completion, text (plain LM); "
-                            "auto picks by the columns present")
+                            "messages column rendered with the chat template), prompt_completion, text (plain LM), "
+                            "chosen (the preferred responses of preference pairs: prompt + chosen columns, or "
+                            "hh-rlhf texts split at the last '\\n\\nAssistant:'); auto picks by the columns present")
     instruction_column: str = Field("instruction", description="alpaca format: instruction column")
     input_column: str = Field("input", description="alpaca format: optional input/context column")
     output_column: str = Field("output", description="alpaca format: response column")
@@ -123,6 +124,8 @@ def detect_format(columns: list[str], p: SFTParams) -> str:
         return p.format
     if p.instruction_column in columns and p.output_column in columns:
         return "alpaca"
+    if "chosen" in columns and "rejected" in columns:
+        return "chosen"
     if p.messages_column in columns:
         return "chat"
     if p.prompt_column in columns and p.completion_column in columns:
@@ -167,6 +170,30 @@ def to_trl_dataset(ds: Any, fmt: str, p: SFTParams) -> Any:
             return {"prompt": alpaca_prompts_batch(b), "completion": [str(o) for o in batch[p.output_column]]}
 
         return ds.map(conv, batched=True, remove_columns=cols, desc="alpaca -> prompt/completion")
+    if fmt == "chosen":
+        _need(cols, ["chosen"], fmt)
+        if p.prompt_column in cols:
+            ds = ds.select_columns([p.prompt_column, "chosen"]).rename_columns(
+                {p.prompt_column: "prompt", "chosen": "completion"} if p.prompt_column != "prompt"
+                else {"chosen": "completion"})
+            return ds
+
+        def conv_hh(batch):
+            from .posttrain_common import split_hh
+
+            prompts, completions = [], []
+            for text in batch["chosen"]:
+                sp = split_hh(text)
+                if sp is not None and sp[1].strip():
+                    prompts.append(sp[0])
+                    completions.append(sp[1])
+            return {"prompt": prompts, "completion": completions}
+
+        out = ds.map(conv_hh, batched=True, remove_columns=cols, desc="hh-rlhf chosen -> prompt/completion")
+        if len(out) == 0:
+            raise StageError("format 'chosen': no 'chosen' text has a '\\n\\nAssistant:' turn to split at, and "
+                             f"there is no {p.prompt_column!r} column")
+        return out
     if fmt == "prompt_completion":
         _need(cols, [p.prompt_column, p.completion_column], fmt)
         ds = ds.select_columns([p.prompt_column, p.completion_column])

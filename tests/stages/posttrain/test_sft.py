@@ -174,3 +174,17 @@ def test_resumes_from_the_trainer_checkpoint(tmp_path, tiny_model, alpaca_datase
     second = run_stage(SFTStage, {**common, "max_steps": 4}, inputs={"model": tiny_model, "dataset": alpaca_dataset},
                        workdir=tmp_path)
     assert second.metrics["resumed_from_step"] == 2 and second.metrics["train_steps"] == 4
+
+
+def test_sft_on_the_chosen_side_of_hh_rlhf_pairs(tmp_path, tiny_model, hh_dataset):
+    ctx = _ctx(tmp_path, {**FAST, "eval_fraction": 0.0, "max_length": 512}, {"model": tiny_model, "dataset": hh_dataset})
+    trainer, tok, train_ds, *_ = build_sft_trainer(ctx, str(tiny_model.path))
+    from datasets import load_from_disk
+
+    raw = load_from_disk(str(hh_dataset.path))["train"]
+    assert len(train_ds) == len(raw)
+    for row, orig in zip(train_ds.select(range(5)), raw.select(range(5))):
+        assert row["prompt"].endswith("\n\nAssistant:") and row["prompt"] + row["completion"] == orig["chosen"]
+    row = trainer.train_dataset[0]
+    n = len(tok(row["prompt"], add_special_tokens=False)["input_ids"])
+    assert all(x == -100 for x in row["labels"][:n]) and row["labels"][n:] == row["input_ids"][n:]
