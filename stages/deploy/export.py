@@ -86,8 +86,11 @@ def model_card(*, title: str, lineage: dict[str, Any], recipe: str, report: dict
                 lines.append(f"| {k} | {_fmt(v)} |")
         for task, d in (report.get("tasks") or {}).items():
             lines.append(f"\n`{task}`: {d.get('num_fewshot')}-shot, limit {d.get('limit')}")
-        for s in report.get("samples") or []:
-            lines += ["", f"Sample -- *{s['prompt']}* {s['completion']}"]
+        samples = report.get("samples") or []
+        if samples:
+            lines += ["", "Sample generations (prompt, then the model's continuation):", ""]
+            for s in samples:
+                lines += ["```text", (s["prompt"] + s["completion"]).replace("```", "'''"), "```"]
     stages = _lineage_stages(lineage)
     if stages:
         lines += ["", "## Lineage", "", "Stages of the recipe that produced this model (upstream first), with "
@@ -95,13 +98,14 @@ def model_card(*, title: str, lineage: dict[str, Any], recipe: str, report: dict
                   "| --- | --- | --- | --- |"]
         for name, info in stages:
             metrics = info.get("metrics") or {}
-            shown = ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()
-                              if not isinstance(v, (list, dict)))[:400]
+            scalars = [(k, v) for k, v in metrics.items() if not isinstance(v, (list, dict))]
+            shown = ", ".join(f"{k}={_fmt(v)}" for k, v in scalars[:8]) + (", ..." if len(scalars) > 8 else "")
             fp = str(info.get("fingerprint", ""))[:16]
             lines.append(f"| {name} | {info.get('type', info.get('stage', ''))} | `{fp}` | {shown} |")
     lines += ["", "## Training procedure", "",
-              "Built with [recipe-runner](https://github.com/) stages on the Hugging Face stack (datasets, "
-              "transformers' Trainer). The full lineage is also in `lineage.json`."]
+              "Built with recipe-runner stages on the Hugging Face stack (datasets, transformers' Trainer). "
+              "The full lineage (every upstream stage's metrics, package versions) is in `lineage.json`"
+              + (", the evaluation report in `eval_report.json`" if report else "") + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -56,6 +56,9 @@ class EvalParams(Params):
     generation: GenerationParams | None = Field(None, description="sample generations for given prompts")
     precision: Precision = Field("auto", description="bf16 where the device has it, else fp32")
     device: Device = Field("auto", description="cpu, cuda or auto")
+    cpu_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads while this stage runs (None: torch's default, one per core); "
+        "1 on a shared, oversubscribed host")
     # ---- LLM judge: reserved. stages/evaluate/judge.py (another module) scores / compares responses with a
     # judge model; the lead wires it in here (see JUDGE HOOK in run()). Until then a `judge` section is refused.
     judge: dict[str, Any] | None = Field(
@@ -98,6 +101,12 @@ class EvalStage(Stage):
     outputs = {"report": EVAL_REPORT}
 
     def run(self, ctx: StageContext) -> dict[str, Artifact]:
+        from recipe_runner_stages.train.pretrain import cpu_threads
+
+        with cpu_threads(ctx.params.cpu_threads):  # type: ignore[attr-defined]
+            return self._run(ctx)
+
+    def _run(self, ctx: StageContext) -> dict[str, Artifact]:
         import torch
 
         from recipe_runner_stages.common.hf import load_causal_lm, load_tokenizer, resolve_device, resolve_precision

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,11 +44,33 @@ class PretrainParams(TrainingParams):
     freeze_embeddings: bool = Field(
         False, description="freeze the input embeddings (with tied embeddings this freezes the head too)"
     )
+    cpu_threads: int | None = Field(
+        None, ge=1,
+        description="torch CPU threads while this stage runs on a CPU (torch.set_num_threads); None keeps torch's "
+        "default, one per core. On a shared, oversubscribed host 1 avoids OpenMP threads spin-waiting for each "
+        "other (measured: 15x slower with 2 threads on a loaded 2-core host)",
+    )
     save_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
         description="dtype of the saved weights: 'auto' keeps the input model's dtype; training always keeps "
         "float32 master weights (bf16 autocast where the device has it)",
     )
+
+
+@contextmanager
+def cpu_threads(n: int | None):
+    """Run a block with ``n`` torch CPU threads, restoring the previous count."""
+    if not n:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _upstream_seq_len(params: Any) -> int | None:
@@ -193,8 +216,12 @@ class PretrainStage(Stage):
         return errors
 
     def run(self, ctx: StageContext) -> dict[str, Artifact]:
+        with cpu_threads(ctx.params.cpu_threads):  # type: ignore[attr-defined]
+            return self._run(ctx)
+
+    def _run(self, ctx: StageContext) -> dict[str, Artifact]:
         import torch
-        from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+        from transformers import AutoModelForCausalLM, PrinterCallback, Trainer, TrainingArguments
 
         from recipe_runner_stages.common.hf import count_parameters, load_tokenizer, save_model_dir
         from recipe_runner_stages.common.training import (
@@ -261,6 +288,7 @@ class PretrainStage(Stage):
         callback = progress_callback(ctx, "pretrain")
         trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val,
                           data_collator=lm_collator, callbacks=[callback])
+        trainer.remove_callback(PrinterCallback)  # the progress callback logs each step already
         ckpt = last_checkpoint(ctx)
         start_step = int(ctx.metrics.get("resumed_from_step", 0) or 0) if ckpt else 0
         if ckpt:
