@@ -341,30 +341,56 @@ def stages_way(corpus: Path, tok_dir: Path, seq_len: int, out: Path, num_proc: s
 # ------------------------------------------------------------- datatrove
 
 
+def _dt_reader(src: str):
+    def read(data, rank: int = 0, world_size: int = 1):
+        from datatrove.data import Document
+
+        with open(f"{src}/part{rank}.jsonl") as f:
+            for i, line in enumerate(f):
+                yield Document(text=json.loads(line)["text"], id=f"{rank}/{i}")
+    return read
+
+
+def _dt_counter(dest: str):
+    def count(data, rank: int = 0, world_size: int = 1):
+        n = 0
+        for _doc in data:
+            n += 1
+        Path(f"{dest}/kept{rank}.txt").write_text(str(n))
+        return
+        yield
+    return count
+
+
 def datatrove_way(corpus: Path, out: Path, tasks: int) -> tuple[float, int]:
+    """datatrove's executor running its Gopher filters (JSON Lines in, a count out;
+    datatrove's own JSONL reader/writer need orjson, which is not a dependency)."""
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter
-    from datatrove.pipeline.readers import JsonlReader
-    from datatrove.pipeline.writers import JsonlWriter
 
     from recipe_runner_stages.data.filters import _SimpleWordTokenizerFactory
 
     wt = _SimpleWordTokenizerFactory.get()
-    # datatrove reads and shards files: give it the web part split into `tasks` files
     src = out / "dt-in"
+    dest = out / "dt-out"
     src.mkdir(parents=True, exist_ok=True)
+    dest.mkdir(parents=True, exist_ok=True)
     lines = (corpus / "web.jsonl").read_text().splitlines()
     per = -(-len(lines) // tasks)
     for i in range(tasks):
         (src / f"part{i}.jsonl").write_text("\n".join(lines[i * per: (i + 1) * per]) + "\n")
+    from loguru import logger
+
+    logger.remove()  # datatrove's per-task stats banners
+    logger.add(sys.stderr, level="WARNING")
     s = time.perf_counter()
     LocalPipelineExecutor(
-        pipeline=[JsonlReader(str(src)), GopherQualityFilter(language=wt), GopherRepetitionFilter(language=wt),
-                  JsonlWriter(str(out / "dt-out"), compression=None)],
+        pipeline=[_dt_reader(str(src)), GopherQualityFilter(language=wt), GopherRepetitionFilter(language=wt),
+                  _dt_counter(str(dest))],
         tasks=tasks, workers=tasks, logging_dir=str(out / "dt-logs"),
     ).run()
     elapsed = time.perf_counter() - s
-    kept = sum(len(p.read_text().splitlines()) for p in (out / "dt-out").glob("*.jsonl"))
+    kept = sum(int(p.read_text()) for p in dest.glob("kept*.txt"))
     return elapsed, kept
 
 
