@@ -110,11 +110,14 @@ def model_card(*, title: str, lineage: dict[str, Any], recipe: str, report: dict
 
 
 def push_folder(folder: Path, push: PushParams, log) -> str:
-    from recipe_runner_stages.model.init import hub_offline
+    from recipe_runner_stages.model.init import hub_offline, hub_reachable
 
     if hub_offline():
         raise StageError(f"export: push_to_hub to {push.repo_id!r} needs the Hugging Face hub, which is offline "
                          "(HF_HUB_OFFLINE=1); unset it or drop push_to_hub (the export directory is kept)")
+    if not hub_reachable():
+        raise StageError(f"export: push_to_hub to {push.repo_id!r}: the Hugging Face hub cannot be reached from "
+                         "this machine (offline); the export directory is kept")
     from huggingface_hub import HfApi
 
     api = HfApi()

@@ -265,6 +265,29 @@ def hub_offline() -> bool:
         os.environ.get("TRANSFORMERS_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
+_REACHABLE: dict[str, bool] = {}
+
+
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """Can a TCP connection to the hub endpoint be opened?  A quick probe, so
+    that a machine without network fails in seconds instead of after the hub
+    client's retries (~50 s).  Behind an HTTP(S) proxy the probe is skipped."""
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return True
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme != "http" else 80)
+    if host not in _REACHABLE:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            _REACHABLE[host] = True
+        except OSError:
+            _REACHABLE[host] = False
+    return _REACHABLE[host]
+
+
 def resolve_source(ref: str, what: str) -> str:
     """A local directory as is; a hub id only when the hub is reachable in
     principle (offline mode fails at once with a clear message)."""
@@ -280,7 +303,23 @@ def resolve_source(ref: str, what: str) -> str:
             f"init: {what} {ref!r} is not a local directory and the Hugging Face hub is offline "
             "(HF_HUB_OFFLINE=1): download it first (huggingface-cli download) and give its local path"
         )
+    if not hub_reachable() and not _in_hub_cache(ref):
+        raise StageError(
+            f"init: {what} {ref!r} is not a local directory, not in the hub cache, and the Hugging Face hub "
+            f"({os.environ.get('HF_ENDPOINT', 'https://huggingface.co')}) cannot be reached from this machine: "
+            "download it elsewhere (huggingface-cli download) and give its local path"
+        )
     return ref
+
+
+def _in_hub_cache(ref: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(ref, "config.json"), str) or \
+            isinstance(try_to_load_from_cache(ref, "tokenizer_config.json"), str)
+    except Exception:
+        return False
 
 
 def _load_pretrained(ref: str, p: InitParams, dtype):

@@ -23,8 +23,9 @@ from recipe_runner_stages.train.pretrain import PretrainStage
 
 TINY = {"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
         "num_key_value_heads": 2, "max_position_embeddings": 64}
+# one CPU thread: on a shared 2-core host two OpenMP threads spin-wait for each other (20x slower)
 FAST = {"per_device_train_batch_size": 4, "learning_rate": 3e-3, "logging_steps": 5, "precision": "fp32",
-        "device": "cpu"}
+        "device": "cpu", "cpu_threads": 1}
 
 
 @pytest.fixture(scope="module")
