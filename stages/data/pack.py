@@ -8,8 +8,12 @@ Modes
   the model honours packed position ids (flash-attention varlen, or the
   packed-sequence masks transformers builds from position_ids).
 - ``bfd``: best-fit-decreasing bin packing (TRL's ``pack_dataset``), padded to
-  the row length: ``attention_mask``, ``labels`` -100 on pads and document
-  starts, ``position_ids`` per document.
+  the row length: ``labels`` -100 on pads and document starts,
+  ``position_ids`` per document (the padding is a run of its own), and, when
+  asked, ``attention_mask``.  transformers separates packed documents by their
+  position ids only when no attention mask is passed, so the mask is off by
+  default (pads then need none: nothing real follows them and their labels are
+  -100).
 - ``sliding``: windows of ``max_seq_length`` tokens every ``stride`` tokens
   over the concatenated stream (the LLM workshop's GPTDatasetV1).
 
@@ -38,7 +42,7 @@ COLUMNS = {
     "concat": ("input_ids",),
     "sliding": ("input_ids",),
     "document": ("input_ids", "position_ids", "labels"),
-    "bfd": ("input_ids", "attention_mask", "labels", "position_ids"),
+    "bfd": ("input_ids", "labels", "position_ids"),
 }
 
 
@@ -48,7 +52,7 @@ class PackParams(Params):
         description=("'concat' (the course: concatenate all documents, cut rows of max_seq_length, drop the "
                      "remainder), 'document' (the same rows plus position_ids restarting per document and labels "
                      "-100 at document starts), 'bfd' (best-fit-decreasing bin packing of whole documents, padded, "
-                     "with attention_mask/labels/position_ids), 'sliding' (windows every 'stride' tokens)."))
+                     "with labels/position_ids), 'sliding' (windows every 'stride' tokens)."))
     max_seq_length: int = Field(1024, ge=2, description="Tokens per row (the course used 32).")
     stride: int | None = Field(
         None, ge=1,
@@ -57,6 +61,12 @@ class PackParams(Params):
                      "max_seq_length M+1: input = row[:-1], target = row[1:]."))
     overflow: Literal["split", "truncate"] = Field(
         "split", description="BFD mode: a document longer than max_seq_length is 'split' into pieces or 'truncate'd.")
+    attention_mask: bool = Field(
+        False,
+        description=("BFD mode: also write an attention_mask (0 on pads). Off by default: transformers' sdpa/eager "
+                     "attention keeps packed documents apart through position_ids only when no attention mask is "
+                     "passed (and no KV cache is used, as in training); with a mask, documents in a row see each "
+                     "other. Pads need no mask: they come last, have their own position run and labels -100."))
     pad_token_id: int | None = Field(
         None, description="BFD mode: the padding id (default: the tokenizer's, from the tokenized dataset's metadata).")
     export_parquet: bool = Field(
@@ -68,7 +78,13 @@ class PackParams(Params):
     def _check(self) -> "PackParams":
         if self.stride is not None and self.mode != "sliding":
             raise ValueError("'stride' applies to mode 'sliding' only")
+        if self.attention_mask and self.mode != "bfd":
+            raise ValueError("'attention_mask' applies to mode 'bfd' only (the other modes have no padding)")
         return self
+
+    def columns(self) -> tuple[str, ...]:
+        cols = COLUMNS[self.mode]
+        return cols + ("attention_mask",) if self.attention_mask else cols
 
 
 # ------------------------------------------------------------ the packers
@@ -149,10 +165,11 @@ def pad_bins(values: Any, row_offsets: Any, seq_lengths_flat: Any, L: int, pad: 
     ids[r, c] = values
     mask = np.zeros((n, L), dtype=np.int8)
     mask[r, c] = 1
-    # position ids per packed document
+    # position ids per packed document; the padding is a run of its own (0, 1, ...)
     seq_start_flat = np.concatenate(([0], np.cumsum(seq_lengths_flat)[:-1]))
     pos_flat = np.arange(total) - np.repeat(seq_start_flat, seq_lengths_flat)
-    pos = np.zeros((n, L), dtype=np.int32)
+    pos = np.broadcast_to(np.arange(L, dtype=np.int32), (n, L)) - row_len[:, None].astype(np.int32)
+    pos = np.maximum(pos, 0).astype(np.int32)
     pos[r, c] = pos_flat
     starts = np.zeros((n, L), dtype=bool)
     starts[r, c] = pos_flat == 0
@@ -160,21 +177,21 @@ def pad_bins(values: Any, row_offsets: Any, seq_lengths_flat: Any, L: int, pad: 
     return {"input_ids": ids, "attention_mask": mask, "labels": labels, "position_ids": pos}
 
 
-def _features(mode: str, L: int) -> Any:
+def _features(columns: tuple[str, ...], L: int) -> Any:
     from datasets import Features, List, Value
 
     dt = {"input_ids": "int32", "position_ids": "int32", "labels": "int32", "attention_mask": "int8"}
-    return Features({c: List(Value(dt[c]), length=L) for c in COLUMNS[mode]})
+    return Features({c: List(Value(dt[c]), length=L) for c in columns})
 
 
-def _write_rows(writer: Any, cols: dict[str, Any], mode: str) -> int:
+def _write_rows(writer: Any, cols: dict[str, Any], columns: tuple[str, ...]) -> int:
     import pyarrow as pa
 
     n, L = cols["input_ids"].shape
     if n == 0:
         return 0
     arrays = {}
-    for c in COLUMNS[mode]:
+    for c in columns:
         m = cols[c]
         typ = pa.int8() if c == "attention_mask" else pa.int32()
         arrays[c] = pa.FixedSizeListArray.from_arrays(pa.array(m.reshape(-1), typ), L)
@@ -202,7 +219,7 @@ def _batches(ds: Any, batch_size: int) -> Any:
 
 class PackStage(Stage):
     name = "pack"
-    version = "1"
+    version = "2"
     description = ("Pack token ids into fixed-length rows: the course's concatenate-and-reshape, document-aware "
                    "rows (position ids per document, or best-fit bin packing with padding), or sliding windows.")
     Params = PackParams
@@ -301,7 +318,7 @@ class PackStage(Stage):
             pq.mkdir(exist_ok=True)
             for split, d in out_splits.items():
                 d.to_parquet(str(pq / f"{split}.parquet"))
-        meta = {"max_seq_length": L, "mode": p.mode, "columns": list(COLUMNS[p.mode]),
+        meta = {"max_seq_length": L, "mode": p.mode, "columns": list(p.columns()),
                 "splits": {s: len(d) for s, d in out_splits.items()}}
         for k in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"):
             if k in art.meta:
@@ -318,14 +335,14 @@ class PackStage(Stage):
 
         L = p.max_seq_length
         stats = {"rows": 0, "tokens_in": 0, "tokens_out": 0, "pad_tokens": 0}
-        writer = ArrowWriter(features=_features(p.mode, L), path=str(tmp / "rows.arrow"))
+        writer = ArrowWriter(features=_features(p.columns(), L), path=str(tmp / "rows.arrow"))
         try:
             if p.mode == "bfd":
                 for flat, lengths in _batches(part, p.batch_size):
                     stats["tokens_in"] += int(lengths.sum())
                     cols, used = _bfd(flat, lengths, L, p.overflow, pad)
                     if cols is not None:
-                        n = _write_rows(writer, cols, p.mode)
+                        n = _write_rows(writer, cols, p.columns())
                         stats["rows"] += n
                         stats["tokens_out"] += used
                         stats["pad_tokens"] += n * L - used
@@ -336,7 +353,7 @@ class PackStage(Stage):
                     stats["tokens_in"] += int(lengths.sum())
                     cols = s.push(flat, lengths)
                     if cols is not None:
-                        stats["rows"] += _write_rows(writer, cols, p.mode)
+                        stats["rows"] += _write_rows(writer, cols, p.columns())
                 moved = stats["tokens_in"] + carried - len(s.carry)  # tokens that entered rows here
                 if p.mode == "sliding" and last:
                     moved += min(len(s.carry), max(0, L - s.S))  # the tail the last window still covers

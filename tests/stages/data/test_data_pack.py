@@ -94,8 +94,9 @@ def test_document_mode_positions_restart_per_document(tmp_path, tokenized):
 
 def test_bfd_packs_whole_documents_with_padding(tmp_path, tokenized):
     L = 128
-    r = pack(tmp_path, tokenized, "b", mode="bfd", max_seq_length=L, batch_size=300)
+    r = pack(tmp_path, tokenized, "b", mode="bfd", max_seq_length=L, batch_size=300, attention_mask=True)
     ds = load_split(r.outputs["dataset"])
+    assert ds.column_names == ["input_ids", "labels", "position_ids", "attention_mask"]
     pad = tokenized.meta["pad_token_id"]
     ids = np.array(ds["input_ids"])
     mask = np.array(ds["attention_mask"]).astype(bool)
@@ -103,8 +104,10 @@ def test_bfd_packs_whole_documents_with_padding(tmp_path, tokenized):
     pos = np.array(ds["position_ids"])
     assert ids.shape[1] == L
     assert (ids[~mask] == pad).all() and (labels[~mask] == -100).all()
-    # every row is real tokens then padding
+    # every row is real tokens then padding, and the padding is a position run of its own
     assert all(np.all(np.diff(m.astype(int)) <= 0) for m in mask)
+    for m, p in zip(mask, pos):
+        assert list(p[~m]) == list(range((~m).sum()))
     # cut each row at position-id restarts: the pieces are exactly the documents (split at L when longer)
     pieces = []
     for row, m, p in zip(ids, mask, pos):
@@ -120,6 +123,39 @@ def test_bfd_packs_whole_documents_with_padding(tmp_path, tokenized):
     assert pad_frac < 0.1  # best fit leaves little room
     starts = (pos == 0) & mask
     assert (labels[starts] == -100).all() and (labels[mask & ~starts] == ids[mask & ~starts]).all()
+    # the default leaves the mask out, everything else the same
+    r2 = pack(tmp_path, tokenized, "b2", mode="bfd", max_seq_length=L, batch_size=300)
+    ds2 = load_split(r2.outputs["dataset"])
+    assert ds2.column_names == ["input_ids", "labels", "position_ids"]
+    assert np.array_equal(np.array(ds2["input_ids"]), ids) and np.array_equal(np.array(ds2["position_ids"]), pos)
+
+
+@pytest.mark.parametrize("mode", ["document", "bfd"])
+def test_packed_documents_do_not_attend_to_each_other(tmp_path, tokenized, tiny_model_dir, mode):
+    """With the rows' position_ids (and no KV cache, as in training), a tiny
+    Llama gives every packed piece the logits it gets alone."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    r = pack(tmp_path, tokenized, mode, mode=mode, max_seq_length=96, batch_size=200)
+    ds = load_split(r.outputs["dataset"])
+    checked = 0
+    pos_all = np.array(ds["position_ids"])
+    several = [i for i, p in enumerate(pos_all) if (p == 0).sum() >= 3][:4]  # rows holding several pieces
+    assert len(several) == 4
+    for row in ds.select(several):
+        ids = torch.tensor([row["input_ids"]])
+        pos = torch.tensor([row["position_ids"]])
+        with torch.no_grad():
+            packed = model(input_ids=ids, position_ids=pos, use_cache=False).logits[0]
+        starts = list(np.flatnonzero(np.array(row["position_ids"]) == 0)) + [ids.shape[1]]
+        for a, b in zip(starts[:-1], starts[1:]):
+            with torch.no_grad():
+                alone = model(input_ids=ids[:, a:b], use_cache=False).logits[0]
+            assert torch.allclose(packed[a:b], alone, atol=1e-4), (a, b)
+            checked += 1
+    assert checked >= 12
 
 
 def gpt_dataset_v1(token_ids, max_length, stride):
