@@ -25,14 +25,13 @@ CHEAP = {"paragraph_length", "paragraph_repetition", "length"}
 
 
 def _course_defaults() -> list[Any]:
-    from .filters import ParagraphLengthFilter, ParagraphRepetitionFilter
-
-    return [ParagraphLengthFilter(type="paragraph_length"), ParagraphRepetitionFilter(type="paragraph_repetition")]
+    return [{"type": "paragraph_length"}, {"type": "paragraph_repetition"}]
 
 
 class FilterParams(Params):
     filters: list[FilterSpec] = Field(
         default_factory=_course_defaults,  # type: ignore[arg-type]
+        validate_default=True,
         description=("Filters applied in order, each a mapping with a 'type': paragraph_length, paragraph_repetition "
                      "(the course's two, the default), length, gopher_quality, gopher_repetition, c4, fineweb, "
                      "language, or plugin (an entry point in the group 'recipe_runner.filters'). A document removed "

@@ -450,7 +450,7 @@ def _read_hub(spec: HubSource, writer: _Writer, stats: dict[str, Any], log: Any)
         if spec.take:
             ds = ds.take(spec.take)
         col = spec.text_column
-        buf: list[str] = []
+        buf: list[str] = []  # flushed every WRITE_BATCH_DOCS rows: memory stays bounded
         for row in ds:
             if col not in row:
                 raise StageError(f"source {writer.source!r}: the hub dataset has no column {col!r} "
@@ -463,6 +463,9 @@ def _read_hub(spec: HubSource, writer: _Writer, stats: dict[str, Any], log: Any)
                 stats["skipped_long_documents"] += 1
                 continue
             buf.append(t)
+            if len(buf) >= WRITE_BATCH_DOCS:
+                writer.add(buf)
+                buf = []
         writer.add(buf)
     else:
         if spec.take:

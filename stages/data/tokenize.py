@@ -41,7 +41,8 @@ class TokenizeParams(Params):
                            "here (see 'train')."))
     revision: str | None = Field(None, description="Hub revision of 'tokenizer'.")
     train: TrainTokenizerParams = Field(
-        default_factory=TrainTokenizerParams,
+        default_factory=lambda: TrainTokenizerParams().model_dump(),  # a plain mapping, so docs show it as YAML/JSON
+        validate_default=True,
         description="How to train a tokenizer on this stage's train split when neither 'tokenizer' nor an upstream one is given.")
     add_bos: bool = Field(True, description="Prepend the BOS token to every document (the course's Llama tokenizer does).")
     add_eos: bool = Field(True, description="Append the EOS token to every document (the course adds it).")
