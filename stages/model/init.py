@@ -148,8 +148,14 @@ def truncated_normal_init_(model, std: float = 0.02) -> dict[str, int]:
     from torch import nn
 
     counts = {"linear": 0, "embedding": 0, "norm": 0}
+    done: set[int] = set()  # a tied LM head shares the embedding matrix: initialise it once
     with torch.no_grad():
         for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, torch.Tensor) and id(weight) in done:
+                continue
+            if isinstance(weight, torch.Tensor):
+                done.add(id(weight))
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
                 if module.bias is not None:
@@ -162,7 +168,6 @@ def truncated_normal_init_(model, std: float = 0.02) -> dict[str, int]:
                 counts["embedding"] += 1
             elif "norm" in type(module).__name__.lower():
                 counts["norm"] += 1  # the architecture's own init (see docstring)
-    # tied heads share the embedding matrix, which was just initialised
     return counts
 
 

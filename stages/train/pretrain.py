@@ -221,7 +221,7 @@ class PretrainStage(Stage):
 
     def _run(self, ctx: StageContext) -> dict[str, Artifact]:
         import torch
-        from transformers import AutoModelForCausalLM, PrinterCallback, Trainer, TrainingArguments
+        from transformers import AutoModelForCausalLM, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
         from recipe_runner_stages.common.hf import count_parameters, load_tokenizer, save_model_dir
         from recipe_runner_stages.common.training import (
@@ -289,6 +289,18 @@ class PretrainStage(Stage):
         trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val,
                           data_collator=lm_collator, callbacks=[callback])
         trainer.remove_callback(PrinterCallback)  # the progress callback logs each step already
+
+        class _Perplexity(TrainerCallback):
+            """Validation perplexity next to each periodic validation loss."""
+
+            def on_evaluate(self, args, state, control, metrics=None, **kw):
+                if metrics and "eval_loss" in metrics:
+                    ppl = math.exp(min(metrics["eval_loss"], 50.0))
+                    metrics["eval_perplexity"] = ppl
+                    ctx.log.info("step %d: validation loss %.4f, perplexity %.2f", state.global_step,
+                                 metrics["eval_loss"], ppl)
+
+        trainer.add_callback(_Perplexity())
         ckpt = last_checkpoint(ctx)
         start_step = int(ctx.metrics.get("resumed_from_step", 0) or 0) if ckpt else 0
         if ckpt:
@@ -327,7 +339,8 @@ class PretrainStage(Stage):
             metrics["eval_loss"] = float(ev["eval_loss"])
             metrics["perplexity"] = float(math.exp(min(ev["eval_loss"], 50.0)))
             metrics["validation_rows"] = len(val)
-        evals = [[h["step"], round(h["eval_loss"], 4)] for h in history if "eval_loss" in h]
+        by_step = {h["step"]: h["eval_loss"] for h in history if "eval_loss" in h}  # final eval may repeat a step
+        evals = [[step, round(loss, 4), round(math.exp(min(loss, 50.0)), 3)] for step, loss in by_step.items()]
         metrics["loss_curve"] = _downsample(losses)
         if evals:
             metrics["eval_curve"] = _downsample(evals)

@@ -161,3 +161,16 @@ def test_cross_checks():
     scale = InitStage.Params.model_validate({"layer_slices": [[0, 2]]})
     assert any("needs a base model" in e for e in InitStage.cross_check(PlanView("scale", scale, {})))
     assert InitStage.cross_check(PlanView("scale", scale, {"model": ("pre", "pretrain", PretrainStage.Params())})) == []
+
+
+def test_tied_head_initialised_once():
+    import torch
+
+    from recipe_runner_stages.model.init import truncated_normal_init_
+
+    cfg = build_config("llama", {**TINY, "vocab_size": 64, "pad_token_id": 3, "tie_word_embeddings": True})
+    model = build_random_model(cfg)
+    counts = truncated_normal_init_(model, 0.02)
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    assert torch.count_nonzero(model.lm_head.weight[3]) == 0  # the pad row survives the shared head
+    assert counts["embedding"] == 1 and counts["linear"] == 4 * 7  # q k v o gate up down per layer

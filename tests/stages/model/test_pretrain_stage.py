@@ -65,7 +65,8 @@ def test_pretrain_lowers_loss_and_reports(init_model, packed, packed_dir, tmp_pa
     # the stage's validation loss is the model's loss on the validation rows (full fixed-length rows)
     assert m["eval_loss"] == pytest.approx(after, rel=1e-4)
     assert m["perplexity"] == pytest.approx(math.exp(after), rel=1e-4)
-    assert [s for s, _ in m["eval_curve"]][:2] == [20, 40]
+    assert [s for s, *_ in m["eval_curve"]] == [20, 40]  # [step, loss, perplexity] every eval_steps
+    assert all(p == pytest.approx(math.exp(loss), rel=1e-3) for _, loss, p in m["eval_curve"])
     assert m["tokens_per_second"] > 0 and len(m["loss_curve"]) == 8
     assert (out / "loss_curve.png").stat().st_size > 1000
     assert (out / "tokenizer.json").is_file() and not (out / "training_args.bin").exists()
