@@ -16,7 +16,7 @@ from ._util import (
     order_metrics,
     NumProc, ShardStore, arrow_map, artifact_identity, batch_size_field, hub_offline, hub_unreachable_reason,
     load_dataset_dict, quiet_datasets, require_column, resolve_num_proc, save_dataset_dict, shard_ranges,
-    shard_size_field, table_nbytes,
+    shard_size_field, stable_hash, table_nbytes,
 )
 
 
@@ -220,6 +220,8 @@ class TokenizeStage(Stage):
         # 1. the tokenizer (saved first: the workers load it from the output dir)
         tok_out = ctx.output_path("tokenizer")
         tok_ckpt = ctx.checkpoint_dir / "tokenizer"
+        train_key = stable_hash({"train": p.train.model_dump(mode="json"), "add_bos": p.add_bos,
+                                 "text_column": p.text_column, "input": artifact_identity(art)})
         if p.tokenizer:
             if upstream is not None:
                 ctx.log.info("using the tokenizer %r given in params, not the upstream one", p.tokenizer)
@@ -228,7 +230,7 @@ class TokenizeStage(Stage):
         elif upstream is not None:
             tok = load_tokenizer_from(str(upstream.path), None, ctx.log)
             origin = f"upstream:{upstream.producer or upstream.path}"
-        elif (tok_ckpt / "tokenizer.json").exists() and (tok_ckpt / "DONE").exists():
+        elif (tok_ckpt / "DONE").exists() and (tok_ckpt / "DONE").read_text() == train_key:
             from transformers import AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(str(tok_ckpt))
@@ -240,7 +242,7 @@ class TokenizeStage(Stage):
             with ctx.progress(f"tokenize: training a {p.train.algorithm} tokenizer", total=None):
                 tok = train_tokenizer(dd["train"], p.text_column, p.train, p.add_bos)
             tok.save_pretrained(str(tok_ckpt))
-            (tok_ckpt / "DONE").write_text("")
+            (tok_ckpt / "DONE").write_text(train_key)
             origin = f"trained:{p.train.algorithm}"
         if p.add_bos and tok.bos_token_id is None:
             raise StageError(f"the tokenizer {origin!r} has no BOS token; set add_bos: false")
