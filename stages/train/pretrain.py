@@ -255,8 +255,13 @@ class PretrainStage(Stage):
         # ---- model
         cfg = json.loads((model_dir / "config.json").read_text()) if (model_dir / "config.json").is_file() else {}
         stored_dtype = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
+        # a checkpoint that already reached max_steps (killed after the last save, before the output was
+        # written): load it instead of training -- resuming there would run one step past max_steps
+        ckpt = last_checkpoint(ctx)
+        ckpt_state = json.loads((Path(ckpt) / "trainer_state.json").read_text()) if ckpt else {}
+        finished = bool(ckpt) and p.max_steps > 0 and ckpt_state.get("global_step", 0) >= p.max_steps
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(str(ckpt if finished else model_dir), dtype=torch.float32)
         except (OSError, ValueError) as e:
             raise StageError(f"pretrain: cannot load the model at {model_dir}: {e}") from None
         tokenizer = None
@@ -301,41 +306,46 @@ class PretrainStage(Stage):
                                  metrics["eval_loss"], ppl)
 
         trainer.add_callback(_Perplexity())
-        ckpt = last_checkpoint(ctx)
-        start_step = int(ctx.metrics.get("resumed_from_step", 0) or 0) if ckpt else 0
-        if ckpt:
-            ctx.log.info("pretrain resumes at step %d of %s", start_step, p.max_steps)
+        start_step = int(ckpt_state.get("global_step", 0)) if ckpt else 0
         t0, c0 = time.perf_counter(), time.process_time()
-        result = trainer.train(resume_from_checkpoint=ckpt)
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        state = trainer.state
-        steps_run = state.global_step - start_step
+        if finished:
+            ctx.log.info("checkpoint %s already reached max_steps (%d): no further training", ckpt, p.max_steps)
+            global_step, history = start_step, list(ckpt_state.get("log_history", []))
+            logged = [h["loss"] for h in history if "loss" in h]
+            train_loss, runtime = (float(logged[-1]) if logged else None), 0.0
+        else:
+            if ckpt:
+                ctx.log.info("pretrain resumes at step %d of %s", start_step, p.max_steps)
+            result = trainer.train(resume_from_checkpoint=ckpt)
+            global_step, history = trainer.state.global_step, list(trainer.state.log_history)
+            train_loss = float(result.training_loss)
+            runtime = float(result.metrics.get("train_runtime", time.perf_counter() - t0))
+        cpu = time.process_time() - c0
+        steps_run = global_step - start_step
         world = args.world_size
         tokens_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world * seq_len
-        runtime = float(result.metrics.get("train_runtime", wall))
         tok_s = steps_run * tokens_per_step / runtime if runtime > 0 else 0.0
 
         metrics: dict[str, Any] = {
-            "global_step": state.global_step,
+            "global_step": global_step,
             "steps_this_run": steps_run,
-            "train_loss": float(result.training_loss),
+            **({"train_loss": train_loss} if train_loss is not None else {}),
             "train_runtime_s": round(runtime, 3),
             "train_cpu_s": round(cpu, 3),  # this process's CPU time in trainer.train (load-independent on a shared host)
             "tokens_per_second": round(tok_s, 1),
-            "tokens_trained": state.global_step * tokens_per_step,
+            "tokens_trained": global_step * tokens_per_step,
             "seq_len": seq_len,
             "train_rows": len(train),
             "num_parameters": count_parameters(model),
             **freeze,
         }
-        history = list(state.log_history)
         losses = [[h["step"], round(h["loss"], 4)] for h in history if "loss" in h]
         if losses:
             metrics["final_train_loss"] = losses[-1][1]
             metrics["first_train_loss"] = losses[0][1]
         if val is not None:
             ev = trainer.evaluate()
-            history.append({"step": state.global_step, **ev})
+            history.append({"step": global_step, **ev})
             metrics["eval_loss"] = float(ev["eval_loss"])
             metrics["perplexity"] = float(math.exp(min(ev["eval_loss"], 50.0)))
             metrics["validation_rows"] = len(val)
@@ -345,7 +355,7 @@ class PretrainStage(Stage):
         if evals:
             metrics["eval_curve"] = _downsample(evals)
         ctx.metrics.update(metrics)
-        ctx.log.info("pretrain: %d steps, %.0f tokens/s, train loss %.4f%s", state.global_step, tok_s,
+        ctx.log.info("pretrain: %d steps, %.0f tokens/s, train loss %.4f%s", global_step, tok_s,
                      metrics.get("final_train_loss", float("nan")),
                      f", validation loss {metrics['eval_loss']:.4f} (ppl {metrics['perplexity']:.2f})"
                      if "eval_loss" in metrics else "")
@@ -370,5 +380,5 @@ class PretrainStage(Stage):
             (out / "trainer_history.json").write_text(json.dumps(history, indent=1))
             save_loss_curve(history, out / "loss_curve.png", title=f"{ctx.name}: loss")
         meta = {"num_parameters": metrics["num_parameters"], "num_layers": model.config.num_hidden_layers,
-                "vocab_size": int(vocab), "global_step": state.global_step}
+                "vocab_size": int(vocab), "global_step": global_step}
         return {"model": Artifact(MODEL, out, meta=meta)}

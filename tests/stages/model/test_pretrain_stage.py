@@ -161,3 +161,22 @@ def test_kill_and_resume(init_model, packed_dir, tmp_path):
     a = load_file(str(work / "output" / "model" / "model.safetensors"))
     b = load_file(str(straight.outputs["model"].path / "model.safetensors"))
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_checkpoint_at_max_steps_is_not_trained_further(init_model, packed, tmp_path):
+    """Killed after the last checkpoint but before the output was written: the re-run takes the
+    checkpoint as it is (resuming there would make transformers run a step past max_steps)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    params = {**FAST, "max_steps": 3, "save_steps": 3}
+    first = run_stage(PretrainStage, params, inputs={"model": init_model, "dataset": packed}, workdir=tmp_path)
+    weights = load_file(str(first.outputs["model"].path / "model.safetensors"))
+    shutil.rmtree(tmp_path / "output")
+    again = run_stage(PretrainStage, params, inputs={"model": init_model, "dataset": packed}, workdir=tmp_path)
+    assert again.metrics["resumed_from_step"] == 3 and again.metrics["global_step"] == 3
+    assert again.metrics["steps_this_run"] == 0
+    assert again.metrics["eval_loss"] == pytest.approx(first.metrics["eval_loss"], rel=1e-6)
+    reloaded = load_file(str(again.outputs["model"].path / "model.safetensors"))
+    assert all(weights[k].equal(reloaded[k]) for k in weights)
