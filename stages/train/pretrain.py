@@ -81,7 +81,7 @@ def _upstream_seq_len(params: Any) -> int | None:
     return None
 
 
-def _upstream_max_positions(stage_type: str, params: Any) -> int | None:
+def _upstream_max_positions(params: Any) -> int | None:
     cfg = getattr(params, "config", None)
     if isinstance(cfg, dict) and isinstance(cfg.get("max_position_embeddings"), int):
         return cfg["max_position_embeddings"]
@@ -129,7 +129,7 @@ def freeze_layers(model, train_top_layers: int | None, freeze_embeddings: bool) 
     return {"trainable_parameters": trainable, "total_parameters": total}
 
 
-def load_packed(path: Path, log) -> Any:
+def load_packed(path: Path) -> Any:
     from datasets import DatasetDict, load_from_disk
 
     try:
@@ -199,20 +199,17 @@ class PretrainStage(Stage):
     @classmethod
     def cross_check(cls, view: PlanView) -> list[str]:
         errors: list[str] = []
-        p: PretrainParams = view.params  # type: ignore[assignment]
         seq = None
         if "dataset" in view.upstream:
             _, _, dparams = view.upstream["dataset"]
             seq = _upstream_seq_len(dparams)
         if "model" in view.upstream and seq is not None:
-            _, mtype, mparams = view.upstream["model"]
-            max_pos = _upstream_max_positions(mtype, mparams)
+            _, _, mparams = view.upstream["model"]
+            max_pos = _upstream_max_positions(mparams)
             if max_pos is not None and seq > max_pos:
                 errors.append(f"{view.name}: packed rows of {seq} tokens exceed the model's "
                               f"max_position_embeddings ({max_pos}); lower the pack stage's max_seq_length "
                               "or raise max_position_embeddings in the init config")
-        if p.train_top_layers == 0 and p.freeze_embeddings:
-            pass  # still trains the final norm (and an untied head)
         return errors
 
     def run(self, ctx: StageContext) -> dict[str, Artifact]:
@@ -229,7 +226,7 @@ class PretrainStage(Stage):
 
         p: PretrainParams = ctx.params  # type: ignore[assignment]
         model_dir = Path(ctx.input("model").path)
-        ds = load_packed(Path(ctx.input("dataset").path), ctx.log)
+        ds = load_packed(Path(ctx.input("dataset").path))
 
         # ---- data
         train = ds["train"]

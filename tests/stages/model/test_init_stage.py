@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from recipe_runner.artifacts import MODEL, PACKED_DATASET, TOKENIZER, Artifact
+from recipe_runner.artifacts import TOKENIZER, Artifact
 from recipe_runner.stage import Params, PlanView, StageError
 from recipe_runner.testing import run_stage
 from recipe_runner_stages.model.init import (InitStage, TINYSOLAR_CONFIG, build_config, build_random_model,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from recipe_runner.artifacts import MODEL, PACKED_DATASET, TOKENIZER, Artifact
+from recipe_runner.artifacts import PACKED_DATASET, TOKENIZER, Artifact
 from recipe_runner.stage import StageError
 from recipe_runner.testing import run_stage
 from recipe_runner_stages.model.init import InitStage
