@@ -65,7 +65,6 @@ def training_arguments_kwargs(p: TrainingParams, ctx: StageContext, has_eval: bo
         weight_decay=p.weight_decay,
         max_grad_norm=p.max_grad_norm,
         optim=p.optim,
-        gradient_checkpointing=p.gradient_checkpointing,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=device == "cpu",
@@ -82,6 +81,9 @@ def training_arguments_kwargs(p: TrainingParams, ctx: StageContext, has_eval: bo
         disable_tqdm=True,
         save_only_model=False,
     )
+    kw[_checkpointing_arg()] = p.gradient_checkpointing
+    if p.gradient_checkpointing:
+        kw[_checkpointing_arg() + "_kwargs"] = {"use_reentrant": False}
     if p.deepspeed is not None:
         kw["deepspeed"] = p.deepspeed
     if p.fsdp:
@@ -89,6 +91,17 @@ def training_arguments_kwargs(p: TrainingParams, ctx: StageContext, has_eval: bo
         if p.fsdp_config:
             kw["fsdp_config"] = p.fsdp_config
     return kw
+
+
+def _checkpointing_arg() -> str:
+    """transformers 5 renamed gradient_checkpointing to activation_checkpointing
+    (the old name warns); older releases only know the old one."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
 def last_checkpoint(ctx: StageContext) -> str | None:

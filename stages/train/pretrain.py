@@ -284,8 +284,6 @@ class PretrainStage(Stage):
         # ---- trainer
         kwargs = training_arguments_kwargs(p, ctx, has_eval=val is not None)
         kwargs["remove_unused_columns"] = False
-        if p.gradient_checkpointing:
-            kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
         args = TrainingArguments(**kwargs)
         callback = progress_callback(ctx, "pretrain")
         trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val,
