@@ -180,3 +180,19 @@ def test_checkpoint_at_max_steps_is_not_trained_further(init_model, packed, tmp_
     assert again.metrics["eval_loss"] == pytest.approx(first.metrics["eval_loss"], rel=1e-6)
     reloaded = load_file(str(again.outputs["model"].path / "model.safetensors"))
     assert all(weights[k].equal(reloaded[k]) for k in weights)
+
+
+def test_gradient_checkpointing_gives_the_same_weights(init_model, packed, tmp_path):
+    """Activation (gradient) checkpointing recomputes activations; the trained
+    weights must equal those of a run without it."""
+    import torch
+    from safetensors.torch import load_file
+
+    outs = []
+    for gc in (False, True):
+        res = run_stage(PretrainStage, {**FAST, "max_steps": 4, "save_steps": 100, "gradient_checkpointing": gc},
+                        inputs={"model": init_model, "dataset": packed}, workdir=tmp_path / f"gc{gc}")
+        outs.append(load_file(str(res.outputs["model"].path / "model.safetensors")))
+    assert outs[0].keys() == outs[1].keys()
+    for k in outs[0]:
+        torch.testing.assert_close(outs[0][k], outs[1][k], rtol=1e-4, atol=1e-5)
