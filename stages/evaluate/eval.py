@@ -16,6 +16,8 @@ from recipe_runner.artifacts import DATASET, EVAL_REPORT, MODEL, PACKED_DATASET,
 from recipe_runner.stage import Input, Params, Stage, StageContext, StageError
 from recipe_runner_stages.common.hf import Device, Precision
 
+from .judge import JudgeParams
+
 
 class TaskSpec(Params):
     name: str = Field(..., description="lm-eval task, group or preset name ('leaderboard')")
@@ -59,10 +61,10 @@ class EvalParams(Params):
     cpu_threads: int | None = Field(
         None, ge=1, description="torch CPU threads while this stage runs (None: torch's default, one per core); "
         "1 on a shared, oversubscribed host")
-    # ---- LLM judge: reserved. stages/evaluate/judge.py (another module) scores / compares responses with a
-    # judge model; the lead wires it in here (see JUDGE HOOK in run()). Until then a `judge` section is refused.
-    judge: dict[str, Any] | None = Field(
-        None, description="LLM-judge section (stages/evaluate/judge.py); reserved, wired by the engine lead")
+    judge: JudgeParams | None = Field(
+        None, description="LLM judge: score each response 0-100 against the reference answer, or compare this "
+        "model's responses with the `baseline` input's (asked in both orders). The judge model is judge.model, "
+        "judge.endpoint, or the `judge_model` input")
 
 
 def render_table(rows: list[tuple[str, str]], title: str) -> str:
@@ -88,17 +90,51 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _instruction_items_from(art: Artifact | None, split: str | None) -> list[dict[str, Any]]:
+    """Alpaca records (instruction / input / output) from the dataset input, for the judge."""
+    from datasets import load_from_disk
+
+    if art is None or art.kind != DATASET:
+        raise StageError("eval: the judge needs instructions: set judge.data (a .json / .jsonl file of Alpaca "
+                         "records) or connect a dataset input with an 'instruction' column")
+    from .perplexity import pick_split
+
+    name, rows = pick_split(load_from_disk(str(art.path)), split, f"dataset {art.path}")
+    if "instruction" not in rows.column_names:
+        raise StageError(f"eval: split {name!r} of {art.path} has no 'instruction' column for the judge "
+                         f"(columns: {', '.join(rows.column_names)}); set judge.data instead")
+    return rows.to_list()
+
+
 class EvalStage(Stage):
     name = "eval"
     version = "1"
-    description = "Perplexity on held-out data, lm-eval tasks (offline task files shipped), sample generations."
+    description = ("Perplexity on held-out data, lm-eval tasks (offline task files shipped), sample generations, "
+                   "and an LLM judge (score against references, or compare with a baseline model).")
     Params = EvalParams
     inputs = {
         "model": Input(MODEL, description="the model to evaluate"),
         "dataset": Input(PACKED_DATASET, DATASET, TOKENIZED_DATASET, optional=True,
                          description="held-out data for perplexity (packed rows, or text / tokens cut into blocks)"),
+        "baseline": Input(MODEL, optional=True, auto=False,
+                          description="judge compare mode: the model to compare against (e.g. before fine-tuning)"),
+        "judge_model": Input(MODEL, optional=True, auto=False,
+                             description="a judge model from the recipe (instead of judge.model / judge.endpoint)"),
     }
     outputs = {"report": EVAL_REPORT}
+
+    @classmethod
+    def cross_check(cls, view) -> list[str]:
+        j = view.params.judge
+        if j is None:
+            return []
+        errors = []
+        if j.model is None and j.endpoint is None and "judge_model" not in view.upstream:
+            errors.append("judge: no judge model: set judge.model, judge.endpoint, or `inputs: {judge_model: STAGE}`")
+        if j.mode == "compare" and j.baseline_model is None and "baseline" not in view.upstream:
+            errors.append("judge: compare mode needs a second model: `inputs: {baseline: STAGE}` or "
+                          "judge.baseline_model")
+        return errors
 
     def run(self, ctx: StageContext) -> dict[str, Artifact]:
         from recipe_runner_stages.train.pretrain import cpu_threads
@@ -114,9 +150,6 @@ class EvalStage(Stage):
         from .perplexity import blocks_from_ids, blocks_from_text, pick_split, token_perplexity
 
         p: EvalParams = ctx.params  # type: ignore[assignment]
-        if p.judge is not None:
-            # JUDGE HOOK: the lead plugs stages/evaluate/judge.py in here (score / compare the generations).
-            raise StageError("eval: the `judge` section is not wired into this stage yet")
         model_dir = Path(ctx.input("model").path)
         device = resolve_device(p.device)
         precision = resolve_precision(p.precision, device)
@@ -196,7 +229,21 @@ class EvalStage(Stage):
             report["samples"] = samples
             report["generation"] = g.model_dump()
 
-        # ---- JUDGE HOOK (reserved): judge results would be added to `metrics` / report["judge"] here.
+        # ---- LLM judge
+        if p.judge is not None:
+            from .judge import judge_models, load_instruction_items, save_table
+
+            items = (load_instruction_items(p.judge.data) if p.judge.data is not None
+                     else _instruction_items_from(ctx.inputs.get("dataset"), p.split))
+            baseline = ctx.inputs.get("baseline")
+            judge_art = ctx.inputs.get("judge_model")
+            rows, jm = judge_models(p.judge, str(model_dir), items,
+                                    baseline_path=str(baseline.path) if baseline else None, log=ctx.log,
+                                    device=device, precision=precision,
+                                    judge_model_path=str(judge_art.path) if judge_art else None)
+            files = save_table(rows, ctx.output_path("report"), "judge")
+            metrics.update(jm)
+            report["judge"] = {"params": p.judge.model_dump(mode="json"), "metrics": jm, "table": files}
 
         rows = [(k, _fmt(v)) for k, v in metrics.items() if not k.endswith("_stderr")]
         table = render_table(rows, f"eval: {ctx.name}") if rows else ""
