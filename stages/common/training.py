@@ -13,7 +13,7 @@ from pydantic import Field
 
 from recipe_runner.stage import Params, StageContext
 
-from .hf import Device, Precision, resolve_device, resolve_precision
+from .hf import Device, Precision, cpu_threads_field, resolve_device, resolve_precision
 
 
 class TrainingParams(Params):
@@ -34,6 +34,7 @@ class TrainingParams(Params):
     gradient_checkpointing: bool = False
     precision: Precision = Field("auto", description="bf16 where the device has it, else fp32")
     device: Device = "auto"
+    cpu_threads: int | None = cpu_threads_field()
     logging_steps: int = Field(10, ge=1)
     save_steps: int = Field(100, ge=1, description="in-stage checkpoint every N steps (the resume point after a crash)")
     save_total_limit: int = Field(2, ge=1)

@@ -36,6 +36,7 @@ from recipe_runner.artifacts import (
     Artifact,
 )
 from recipe_runner.stage import Input, Params, PlanView, Stage, StageContext, StageError
+from recipe_runner_stages.common.hf import cpu_threads_field
 
 GGUFType = Literal["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]
 
@@ -100,6 +101,7 @@ class QuantizeParams(Params):
         "I am an engineer. I love", description="prompt of the greedy sample generation before/after ('' skips it)"
     )
     max_new_tokens: int = Field(32, ge=0, description="tokens generated for the sample")
+    cpu_threads: int | None = cpu_threads_field()
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where gptq/bnb quantize and where 'before' is evaluated; gguf and int8 run on CPU"
     )
@@ -153,6 +155,12 @@ class QuantizeStage(Stage):
     # ------------------------------------------------------------------ run
 
     def run(self, ctx: StageContext) -> dict[str, Artifact]:
+        from recipe_runner_stages.common.hf import cpu_threads
+
+        with cpu_threads(ctx.params.cpu_threads):  # type: ignore[attr-defined]
+            return self._run(ctx)
+
+    def _run(self, ctx: StageContext) -> dict[str, Artifact]:
         from recipe_runner_stages.common.hf import load_tokenizer, resolve_device, resolve_precision
 
         from . import quant_eval as qe

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from recipe_runner.artifacts import DATASET, EVAL_REPORT, MODEL, PACKED_DATASET, TOKENIZED_DATASET, Artifact
 from recipe_runner.stage import Input, Params, Stage, StageContext, StageError
-from recipe_runner_stages.common.hf import Device, Precision
+from recipe_runner_stages.common.hf import Device, Precision, cpu_threads_field
 
 from .judge import JudgeParams
 
@@ -58,9 +58,7 @@ class EvalParams(Params):
     generation: GenerationParams | None = Field(None, description="sample generations for given prompts")
     precision: Precision = Field("auto", description="bf16 where the device has it, else fp32")
     device: Device = Field("auto", description="cpu, cuda or auto")
-    cpu_threads: int | None = Field(
-        None, ge=1, description="torch CPU threads while this stage runs (None: torch's default, one per core); "
-        "1 on a shared, oversubscribed host")
+    cpu_threads: int | None = cpu_threads_field()
     judge: JudgeParams | None = Field(
         None, description="LLM judge: score each response 0-100 against the reference answer, or compare this "
         "model's responses with the `baseline` input's (asked in both orders). The judge model is judge.model, "
@@ -137,7 +135,7 @@ class EvalStage(Stage):
         return errors
 
     def run(self, ctx: StageContext) -> dict[str, Artifact]:
-        from recipe_runner_stages.train.pretrain import cpu_threads
+        from recipe_runner_stages.common.hf import cpu_threads
 
         with cpu_threads(ctx.params.cpu_threads):  # type: ignore[attr-defined]
             return self._run(ctx)

@@ -67,7 +67,10 @@ class DPOStage(Stage):
         return data_path_fingerprint(params)
 
     def run(self, ctx: StageContext):
-        return run_dpo(ctx)
+        from recipe_runner_stages.common.hf import cpu_threads
+
+        with cpu_threads(ctx.params.cpu_threads):  # type: ignore[attr-defined]
+            return run_dpo(ctx)
 
 
 _KEYS = ["rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected"]

@@ -14,7 +14,7 @@ from pydantic import Field
 from recipe_runner.artifacts import DATASET, MODEL, PREFERENCE_DATASET, REWARD_MODEL, Artifact
 from recipe_runner.stage import Input, Params, Stage, StageContext, StageError
 
-from ..common.hf import Device, Precision
+from ..common.hf import Device, Precision, cpu_threads_field
 from .posttrain_common import (
     DATA_PATH_DESC,
     MODEL_INPUT,
@@ -76,6 +76,7 @@ class PPOParams(Params):
     logging_steps: int = Field(1, ge=1, description="log every N iterations")
     precision: Precision = Field("auto", description="bf16 autocast where the GPU has it, else fp32")
     device: Device = Field("auto", description="cpu, cuda or auto")
+    cpu_threads: int | None = cpu_threads_field()
 
 
 class PPOStage(Stage):
@@ -103,7 +104,10 @@ class PPOStage(Stage):
         return data_path_fingerprint(params)
 
     def run(self, ctx: StageContext):
-        return run_ppo(ctx)
+        from recipe_runner_stages.common.hf import cpu_threads
+
+        with cpu_threads(ctx.params.cpu_threads):  # type: ignore[attr-defined]
+            return run_ppo(ctx)
 
 
 # ---------------------------------------------------------------- prompts

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +21,7 @@ from pydantic import Field
 
 from recipe_runner.artifacts import MODEL, PACKED_DATASET, Artifact
 from recipe_runner.stage import Input, PlanView, Stage, StageContext, StageError
+from recipe_runner_stages.common.hf import cpu_threads
 from recipe_runner_stages.common.training import TrainingParams
 
 MODEL_COLUMNS = ("input_ids", "labels", "attention_mask", "position_ids")
@@ -44,33 +44,11 @@ class PretrainParams(TrainingParams):
     freeze_embeddings: bool = Field(
         False, description="freeze the input embeddings (with tied embeddings this freezes the head too)"
     )
-    cpu_threads: int | None = Field(
-        None, ge=1,
-        description="torch CPU threads while this stage runs on a CPU (torch.set_num_threads); None keeps torch's "
-        "default, one per core. On a shared, oversubscribed host 1 avoids OpenMP threads spin-waiting for each "
-        "other (measured: 15x slower with 2 threads on a loaded 2-core host)",
-    )
     save_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
         description="dtype of the saved weights: 'auto' keeps the input model's dtype; training always keeps "
         "float32 master weights (bf16 autocast where the device has it)",
     )
-
-
-@contextmanager
-def cpu_threads(n: int | None):
-    """Run a block with ``n`` torch CPU threads, restoring the previous count."""
-    if not n:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _upstream_seq_len(params: Any) -> int | None:

@@ -61,7 +61,10 @@ class RewardStage(Stage):
         return data_path_fingerprint(params)
 
     def run(self, ctx: StageContext):
-        return run_reward(ctx)
+        from recipe_runner_stages.common.hf import cpu_threads
+
+        with cpu_threads(ctx.params.cpu_threads):  # type: ignore[attr-defined]
+            return run_reward(ctx)
 
 
 def pairwise_accuracy(model, ds, pad_id: int, batch_size: int = 16) -> tuple[float, float]:

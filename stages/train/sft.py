@@ -113,7 +113,10 @@ class SFTStage(Stage):
         return errs
 
     def run(self, ctx: StageContext):
-        return run_sft(ctx)
+        from recipe_runner_stages.common.hf import cpu_threads
+
+        with cpu_threads(ctx.params.cpu_threads):  # type: ignore[attr-defined]
+            return run_sft(ctx)
 
 
 # ---------------------------------------------------------------- data
