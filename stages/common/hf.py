@@ -20,6 +20,18 @@ def cpu_threads_field():
                  "15x slower")
 
 
+def with_cpu_threads(run):
+    """Decorate a stage's ``run`` so it runs with ``params.cpu_threads`` torch threads."""
+    import functools
+
+    @functools.wraps(run)
+    def wrapper(self, ctx):
+        with cpu_threads(getattr(ctx.params, "cpu_threads", None)):
+            return run(self, ctx)
+
+    return wrapper
+
+
 @contextmanager
 def cpu_threads(n: int | None) -> Iterator[None]:
     """Run a block with ``n`` torch CPU threads, restoring the previous count."""

@@ -36,7 +36,7 @@ from recipe_runner.artifacts import (
     Artifact,
 )
 from recipe_runner.stage import Input, Params, PlanView, Stage, StageContext, StageError
-from recipe_runner_stages.common.hf import cpu_threads_field
+from recipe_runner_stages.common.hf import cpu_threads_field, with_cpu_threads
 
 GGUFType = Literal["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]
 
@@ -154,13 +154,8 @@ class QuantizeStage(Stage):
 
     # ------------------------------------------------------------------ run
 
+    @with_cpu_threads
     def run(self, ctx: StageContext) -> dict[str, Artifact]:
-        from recipe_runner_stages.common.hf import cpu_threads
-
-        with cpu_threads(ctx.params.cpu_threads):  # type: ignore[attr-defined]
-            return self._run(ctx)
-
-    def _run(self, ctx: StageContext) -> dict[str, Artifact]:
         from recipe_runner_stages.common.hf import load_tokenizer, resolve_device, resolve_precision
 
         from . import quant_eval as qe

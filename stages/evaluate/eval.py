@@ -14,7 +14,7 @@ from pydantic import Field
 
 from recipe_runner.artifacts import DATASET, EVAL_REPORT, MODEL, PACKED_DATASET, TOKENIZED_DATASET, Artifact
 from recipe_runner.stage import Input, Params, Stage, StageContext, StageError
-from recipe_runner_stages.common.hf import Device, Precision, cpu_threads_field
+from recipe_runner_stages.common.hf import Device, Precision, cpu_threads_field, with_cpu_threads
 
 from .judge import JudgeParams
 
@@ -134,13 +134,8 @@ class EvalStage(Stage):
                           "judge.baseline_model")
         return errors
 
+    @with_cpu_threads
     def run(self, ctx: StageContext) -> dict[str, Artifact]:
-        from recipe_runner_stages.common.hf import cpu_threads
-
-        with cpu_threads(ctx.params.cpu_threads):  # type: ignore[attr-defined]
-            return self._run(ctx)
-
-    def _run(self, ctx: StageContext) -> dict[str, Artifact]:
         import torch
 
         from recipe_runner_stages.common.hf import load_causal_lm, load_tokenizer, resolve_device, resolve_precision

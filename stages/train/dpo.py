@@ -10,6 +10,7 @@ from pydantic import Field
 
 from recipe_runner.artifacts import MODEL, Artifact
 from recipe_runner.stage import Stage, StageContext
+from recipe_runner_stages.common.hf import with_cpu_threads
 
 from ..common.training import TrainingParams
 from .posttrain_common import (
@@ -66,11 +67,9 @@ class DPOStage(Stage):
     def fingerprint_extra(cls, params):
         return data_path_fingerprint(params)
 
+    @with_cpu_threads
     def run(self, ctx: StageContext):
-        from recipe_runner_stages.common.hf import cpu_threads
-
-        with cpu_threads(ctx.params.cpu_threads):  # type: ignore[attr-defined]
-            return run_dpo(ctx)
+        return run_dpo(ctx)
 
 
 _KEYS = ["rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected"]

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from recipe_runner.artifacts import DATASET, MODEL, PREFERENCE_DATASET, REWARD_MODEL, Artifact
 from recipe_runner.stage import Input, Params, Stage, StageContext, StageError
+from recipe_runner_stages.common.hf import with_cpu_threads
 
 from ..common.hf import Device, Precision, cpu_threads_field
 from .posttrain_common import (
@@ -103,11 +104,9 @@ class PPOStage(Stage):
     def fingerprint_extra(cls, params):
         return data_path_fingerprint(params)
 
+    @with_cpu_threads
     def run(self, ctx: StageContext):
-        from recipe_runner_stages.common.hf import cpu_threads
-
-        with cpu_threads(ctx.params.cpu_threads):  # type: ignore[attr-defined]
-            return run_ppo(ctx)
+        return run_ppo(ctx)
 
 
 # ---------------------------------------------------------------- prompts

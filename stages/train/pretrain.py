@@ -21,7 +21,7 @@ from pydantic import Field
 
 from recipe_runner.artifacts import MODEL, PACKED_DATASET, Artifact
 from recipe_runner.stage import Input, PlanView, Stage, StageContext, StageError
-from recipe_runner_stages.common.hf import cpu_threads
+from recipe_runner_stages.common.hf import with_cpu_threads
 from recipe_runner_stages.common.training import TrainingParams
 
 MODEL_COLUMNS = ("input_ids", "labels", "attention_mask", "position_ids")
@@ -190,11 +190,8 @@ class PretrainStage(Stage):
                               "or raise max_position_embeddings in the init config")
         return errors
 
+    @with_cpu_threads
     def run(self, ctx: StageContext) -> dict[str, Artifact]:
-        with cpu_threads(ctx.params.cpu_threads):  # type: ignore[attr-defined]
-            return self._run(ctx)
-
-    def _run(self, ctx: StageContext) -> dict[str, Artifact]:
         import torch
         from transformers import AutoModelForCausalLM, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 

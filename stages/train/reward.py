@@ -10,6 +10,7 @@ from pydantic import Field
 
 from recipe_runner.artifacts import REWARD_MODEL, Artifact
 from recipe_runner.stage import Stage, StageContext, StageError
+from recipe_runner_stages.common.hf import with_cpu_threads
 
 from ..common.training import TrainingParams
 from .posttrain_common import (
@@ -60,11 +61,9 @@ class RewardStage(Stage):
     def fingerprint_extra(cls, params):
         return data_path_fingerprint(params)
 
+    @with_cpu_threads
     def run(self, ctx: StageContext):
-        from recipe_runner_stages.common.hf import cpu_threads
-
-        with cpu_threads(ctx.params.cpu_threads):  # type: ignore[attr-defined]
-            return run_reward(ctx)
+        return run_reward(ctx)
 
 
 def pairwise_accuracy(model, ds, pad_id: int, batch_size: int = 16) -> tuple[float, float]:

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from recipe_runner.artifacts import ADAPTER, DATASET, MODEL, Artifact
 from recipe_runner.stage import Input, PlanView, Stage, StageContext, StageError
+from recipe_runner_stages.common.hf import with_cpu_threads
 
 from ..common.training import TrainingParams
 from .posttrain_common import (
@@ -112,11 +113,9 @@ class SFTStage(Stage):
                         f"({', '.join(CHAT_TEMPLATES)}) nor a .jinja file")
         return errs
 
+    @with_cpu_threads
     def run(self, ctx: StageContext):
-        from recipe_runner_stages.common.hf import cpu_threads
-
-        with cpu_threads(ctx.params.cpu_threads):  # type: ignore[attr-defined]
-            return run_sft(ctx)
+        return run_sft(ctx)
 
 
 # ---------------------------------------------------------------- data
