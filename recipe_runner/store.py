@@ -33,9 +33,14 @@ def _key(stage: str, fingerprint: str) -> str:
     return f"{stage}-{fingerprint[:12]}"
 
 
+def world_size() -> int:
+    """How many processes `accelerate launch` / torchrun started (1 otherwise)."""
+    return int(os.environ.get("WORLD_SIZE") or "1")
+
+
 def process_rank() -> int:
     """This process's rank under `accelerate launch` / torchrun (0 otherwise)."""
-    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    return int(os.environ.get("RANK") or "0") if world_size() > 1 else 0
 
 
 class RunStore:
@@ -102,12 +107,19 @@ class RunStore:
             os.replace(final, trash)
             shutil.rmtree(trash, ignore_errors=True)
         os.replace(tmp, final)
-        shutil.rmtree(self.ckpt_dir / _key(stage, fingerprint), ignore_errors=True)
+        if world_size() == 1:
+            # other ranks may still be reading the shared checkpoints; under a
+            # multi-process launch they are left for the next run to reuse or replace
+            shutil.rmtree(self.ckpt_dir / _key(stage, fingerprint), ignore_errors=True)
         return final
 
     def _wait_for_commit(self, stage: str, fingerprint: str, timeout: float = 3600) -> Path:
         deadline = time.time() + timeout
         while self.committed(stage, fingerprint) is None:
+            entry = next((e for e in (self.read_manifest() or {}).get("stages", [])
+                          if e.get("name") == stage and e.get("fingerprint") == fingerprint), None)
+            if entry is not None and entry.get("status") == "failed":
+                raise RunError(f"rank {self.rank}: rank 0 failed stage '{stage}': {entry.get('error')}")
             if time.time() > deadline:
                 raise RunError(f"rank {self.rank}: rank 0 did not commit stage '{stage}' within {timeout:.0f}s")
             time.sleep(0.5)

@@ -44,7 +44,7 @@ class Count(Stage):
                     raise StageError(f"planned failure at step {i}")
                 time.sleep(p.sleep)
                 done.append(p.start + i)
-                tmp = state_file.with_suffix(".tmp")
+                tmp = state_file.with_suffix(f".{os.getpid()}.tmp")  # ranks of a multi-process launch share it
                 tmp.write_text(json.dumps(done))
                 os.replace(tmp, state_file)
                 (ctx.checkpoint_dir / "progress.log").open("a").write(f"{os.getpid()} {i}\n")
