@@ -3,7 +3,9 @@ batches; the tokenizer is taken from the hub / a local path, from an
 upstream tokenizer artifact, or trained here on the train split."""
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -209,8 +211,6 @@ class TokenizeStage(Stage):
             return self._run(ctx)
 
     def _run(self, ctx: StageContext) -> dict[str, Artifact]:
-        import os
-
         p: TokenizeParams = ctx.params  # type: ignore[assignment]
         art = ctx.input("dataset")
         dd = load_dataset_dict(art)
@@ -284,8 +284,9 @@ class TokenizeStage(Stage):
                             nproc = 1
                         else:
                             nproc = resolve_num_proc(p.num_proc, table_nbytes(part), len(part))
-                        res = arrow_map(part, tokenize_batch, tmp, num_proc=nproc, batch_size=p.batch_size,
-                                        fn_kwargs=fn_kwargs, remove_columns=part.column_names)
+                        with _rust_threads(nproc == 1 and rust_parallel):
+                            res = arrow_map(part, tokenize_batch, tmp, num_proc=nproc, batch_size=p.batch_size,
+                                            fn_kwargs=fn_kwargs, remove_columns=part.column_names)
                         import pyarrow.compute as pc
 
                         nt = int(pc.sum(res.with_format("arrow")[:].column("num_tokens")).as_py() or 0) if len(res) else 0
@@ -315,6 +316,29 @@ class TokenizeStage(Stage):
                    "add_bos": p.add_bos, "add_eos": p.add_eos}
         return {"dataset": Artifact(TOKENIZED_DATASET, out, meta=ds_meta),
                 "tokenizer": Artifact(TOKENIZER, tok_out, meta=tok_meta)}
+
+
+@contextlib.contextmanager
+def _rust_threads(on: bool) -> Any:
+    """Let the Rust tokenizer use its thread pool for this block.
+
+    datasets' multi-process ``map`` (earlier stages in the same run) sets
+    TOKENIZERS_PARALLELISM=false in the real process environment and only
+    restores Python's ``os.environ`` object, so the Rust library would stay
+    single-threaded for the rest of the process (measured: CPU time equal to
+    wall time).  Re-assert the user's choice (unset means parallel)."""
+    if not on:
+        yield
+        return
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
 
 
 def _load_shard(path: Path) -> Any:
