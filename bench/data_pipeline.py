@@ -36,11 +36,9 @@ filter stage running the same datatrove rules.
 from __future__ import annotations
 
 import argparse
-import heapq
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import sysconfig
@@ -160,41 +158,8 @@ def train_bench_tokenizer(corpus: Path, out: Path, vocab: int) -> None:
 # course used, num_proc=1 ran in-process, as it does here).
 
 
-def paragraph_length_filter(x):
-    """Returns False iff a page has too few lines or lines are too short."""
-    lines = x['text'].split('\n')
-    if (
-        len(lines) < 3
-        or min(heapq.nlargest(3, [len(line) for line in lines])) < 3
-    ):
-        return False
-    return True
-
-
-def find_duplicates(paragraphs):
-    """Use this function to find the number of repetitions in the paragraphs."""
-    unique_x = set()
-    duplicate_chars = 0
-    duplicate_elements = []
-    for element in paragraphs:
-        if element in unique_x:
-            duplicate_chars += len(element)
-            duplicate_elements.append(element)
-        else:
-            unique_x.add(element)
-    return duplicate_elements, duplicate_chars
-
-
-def paragraph_repetition_filter(x):
-    """Returns False iff a page has too many repetitions."""
-    text = x['text']
-    paragraphs = re.compile(r"\n{2,}").split(text.strip())
-    paragraphs_duplicates, char_duplicates = find_duplicates(paragraphs)
-    if len(paragraphs_duplicates) / len(paragraphs) > 0.3:
-        return False
-    if char_duplicates / len(text) > 0.2:
-        return False
-    return True
+from recipe_runner_stages.data.course_reference import (  # noqa: E402  the course's filters, verbatim
+    paragraph_length_filter, paragraph_repetition_filter)
 
 
 def deduplication(ds):

@@ -3,7 +3,6 @@ notebook's code on real text, every filter on documents that must pass and
 must fail, the published thresholds, offline language ID, plugins."""
 from __future__ import annotations
 
-import heapq
 import re
 import socket
 
@@ -16,46 +15,8 @@ from recipe_runner_stages.data.filter import FilterParams, FilterStage
 
 from data_stage_helpers import load_split, save_texts
 
-# ---- a verbatim copy of the course's filters ("Pretraining LLMs", lesson 2)
-# (only change: len() of the duplicate list, which the course divides directly)
-
-
-def paragraph_length_filter(x):
-    """Returns False iff a page has too few lines or lines are too short."""
-    lines = x['text'].split('\n')
-    if (
-        len(lines) < 3
-        or min(heapq.nlargest(3, [len(line) for line in lines])) < 3
-    ):
-        return False
-    return True
-
-
-def find_duplicates(paragraphs):
-    """Use this function to find the number of repetitions in the paragraphs."""
-    unique_x = set()
-    duplicate_chars = 0
-    duplicate_elements = []
-    for element in paragraphs:
-        if element in unique_x:
-            duplicate_chars += len(element)
-            duplicate_elements.append(element)
-        else:
-            unique_x.add(element)
-    return duplicate_elements, duplicate_chars
-
-
-def paragraph_repetition_filter(x):
-    """Returns False iff a page has too many repetitions."""
-    text = x['text']
-    paragraphs = re.compile(r"\n{2,}").split(text.strip())
-    paragraphs_duplicates, char_duplicates = find_duplicates(paragraphs)
-    if len(paragraphs_duplicates) / len(paragraphs) > 0.3:
-        return False
-    if char_duplicates / len(text) > 0.2:
-        return False
-    return True
-
+# the course's filters, verbatim (lesson 2)
+from recipe_runner_stages.data.course_reference import paragraph_length_filter, paragraph_repetition_filter  # noqa: E402
 
 TRICKY = [
     "a\n\nb\n\na\n\na",                       # repeated paragraphs
