@@ -12,42 +12,30 @@ from recipe_runner.artifacts import MODEL, Artifact
 from recipe_runner.stage import Stage, StageContext
 from recipe_runner_stages.common.hf import with_cpu_threads
 
-from ..common.training import TrainingParams
 from .posttrain_common import (
-    DATA_PATH_DESC,
     MODEL_INPUT,
-    MODEL_PATH_DESC,
     PREFERENCE_INPUT,
     data_input_slots,
     data_path_fingerprint,
     LoraParams,
     model_input_slots,
 )
-from .reward import HH_DESC
+from .reward import PreferenceParams
 
 DPOLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm"]
 
 
-class DPOParams(TrainingParams):
-    """DPO settings (plus every TrainingParams field)."""
+class DPOParams(PreferenceParams):
+    """DPO settings (plus every PreferenceParams / TrainingParams field)."""
 
-    model_name_or_path: str | None = Field(None, description=MODEL_PATH_DESC)
-    data_path: str | None = Field(None, description=DATA_PATH_DESC)
     beta: float = Field(0.1, gt=0, description="strength of the implicit KL constraint to the reference model "
                                                "(higher: stay closer)")
     loss_type: DPOLoss = Field("sigmoid", description="sigmoid: the DPO paper's loss; ipo, hinge, robust, ... as in trl")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="conservative DPO / robust: assumed label-noise rate")
     learning_rate: float = Field(5e-6, gt=0, description="peak learning rate (DPO uses small ones: 5e-7..5e-6 for real models)")
-    max_length: int = Field(512, ge=8, description="token limit of prompt + response")
     lora: LoraParams | None = Field(None, description="train a LoRA adapter instead of all weights (the reference "
                                                       "is then the base with the adapter disabled); merged on output")
-    prompt_column: str = Field("prompt", description="column with the shared prompt (optional for hh-rlhf texts)")
-    chosen_column: str = Field("chosen", description="column with the preferred response")
-    rejected_column: str = Field("rejected", description="column with the dispreferred response")
-    hh_format: Literal["auto", "always", "never"] = Field("auto", description=HH_DESC)
-    eval_fraction: float = Field(0.1, ge=0, lt=1, description="held-out share of the pairs when the dataset has no "
-                                                              "'validation' split")
     max_eval_samples: int | None = Field(200, ge=1, description="cap on held-out pairs")
 
 

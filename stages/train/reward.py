@@ -27,22 +27,28 @@ HH_DESC = ("split hh-rlhf style texts ('\\n\\nHuman: ...\\n\\nAssistant: ...') i
            "is the text up to the last '\\n\\nAssistant:'): auto = when the data has no prompt column and looks so")
 
 
-class RewardParams(TrainingParams):
-    """Reward-model training settings (plus every TrainingParams field)."""
+class PreferenceParams(TrainingParams):
+    """What every preference-pair trainer (reward, dpo) reads: the starting model and the pairs."""
 
     model_name_or_path: str | None = Field(None, description=MODEL_PATH_DESC)
     data_path: str | None = Field(None, description=DATA_PATH_DESC)
-    prompt_column: str = Field("prompt", description="optional column with the shared prompt")
+    prompt_column: str = Field("prompt", description="optional column with the shared prompt (hh-rlhf texts carry "
+                                                     "it inside chosen/rejected)")
     chosen_column: str = Field("chosen", description="column with the preferred response (or full text)")
     rejected_column: str = Field("rejected", description="column with the dispreferred response (or full text)")
     hh_format: Literal["auto", "always", "never"] = Field("auto", description=HH_DESC)
     max_length: int = Field(512, ge=8, description="token limit of prompt + response (longer pairs are truncated)")
+    eval_fraction: float = Field(0.1, ge=0, lt=1, description="held-out share of the pairs when the dataset has no "
+                                                              "'validation' split")
+
+
+class RewardParams(PreferenceParams):
+    """Reward-model training settings (plus every PreferenceParams / TrainingParams field)."""
+
     learning_rate: float = Field(1e-5, gt=0, description="peak learning rate")
     center_rewards_coefficient: float | None = Field(
         None, description="weight of an auxiliary loss that pulls rewards towards zero mean (Eisenstein et al. 2023)")
-    eval_fraction: float = Field(0.1, ge=0, lt=1, description="held-out share of the pairs for the pairwise accuracy "
-                                                              "when the dataset has no 'validation' split")
-    max_eval_samples: int | None = Field(500, ge=1, description="cap on held-out pairs")
+    max_eval_samples: int | None = Field(500, ge=1, description="cap on held-out pairs (pairwise accuracy)")
 
 
 class RewardStage(Stage):
