@@ -9,18 +9,11 @@ from typing import Literal
 from pydantic import Field
 
 from recipe_runner.artifacts import MODEL, Artifact
-from recipe_runner.stage import Stage, StageContext
+from recipe_runner.stage import StageContext
 from recipe_runner_stages.common.hf import with_cpu_threads
 
-from .posttrain_common import (
-    MODEL_INPUT,
-    PREFERENCE_INPUT,
-    data_input_slots,
-    data_path_fingerprint,
-    LoraParams,
-    model_input_slots,
-)
-from .reward import PreferenceParams
+from .posttrain_common import LoraParams
+from .reward import PreferenceParams, PreferenceStage
 
 DPOLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm"]
@@ -39,21 +32,12 @@ class DPOParams(PreferenceParams):
     max_eval_samples: int | None = Field(200, ge=1, description="cap on held-out pairs")
 
 
-class DPOStage(Stage):
+class DPOStage(PreferenceStage):
     name = "dpo"
     version = "1"
     description = "Direct Preference Optimization with trl's DPOTrainer (policy + frozen reference)"
     Params = DPOParams
-    inputs = {"model": MODEL_INPUT, "dataset": PREFERENCE_INPUT}
     outputs = {"model": MODEL}
-
-    @classmethod
-    def input_slots(cls, params: DPOParams):
-        return data_input_slots(params, model_input_slots(params, dict(cls.inputs)))
-
-    @classmethod
-    def fingerprint_extra(cls, params):
-        return data_path_fingerprint(params)
 
     @with_cpu_threads
     def run(self, ctx: StageContext):

@@ -51,21 +51,26 @@ class RewardParams(PreferenceParams):
     max_eval_samples: int | None = Field(500, ge=1, description="cap on held-out pairs (pairwise accuracy)")
 
 
-class RewardStage(Stage):
+class PreferenceStage(Stage):
+    """Base of the preference-pair trainers: a model (or model_name_or_path) and pairs (or data_path)."""
+
+    inputs = {"model": MODEL_INPUT, "dataset": PREFERENCE_INPUT}
+
+    @classmethod
+    def input_slots(cls, params: PreferenceParams):
+        return data_input_slots(params, model_input_slots(params, dict(cls.inputs)))
+
+    @classmethod
+    def fingerprint_extra(cls, params: PreferenceParams):
+        return data_path_fingerprint(params)
+
+
+class RewardStage(PreferenceStage):
     name = "reward"
     version = "1"
     description = "Reward model (sequence classifier) on preference pairs with trl's RewardTrainer"
     Params = RewardParams
-    inputs = {"model": MODEL_INPUT, "dataset": PREFERENCE_INPUT}
     outputs = {"reward_model": REWARD_MODEL}
-
-    @classmethod
-    def input_slots(cls, params: RewardParams):
-        return data_input_slots(params, model_input_slots(params, dict(cls.inputs)))
-
-    @classmethod
-    def fingerprint_extra(cls, params):
-        return data_path_fingerprint(params)
 
     @with_cpu_threads
     def run(self, ctx: StageContext):
