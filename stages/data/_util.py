@@ -180,6 +180,18 @@ def quiet_datasets() -> Iterator[None]:
             dlog.enable_progress_bar()
 
 
+def with_quiet_datasets(run: Callable) -> Callable:
+    """Decorate a data stage's ``run`` so datasets' own bars stay off while it runs."""
+    import functools
+
+    @functools.wraps(run)
+    def wrapper(self: Any, ctx: Any) -> Any:
+        with quiet_datasets():
+            return run(self, ctx)
+
+    return wrapper
+
+
 def arrow_map(ds: Any, fn: Callable, scratch: Path, *, num_proc: int = 1, batch_size: int = 1000,
               fn_kwargs: dict | None = None, remove_columns: list[str] | None = None,
               features: Any = None, input_columns: list[str] | None = None) -> Any:

@@ -16,7 +16,7 @@ from recipe_runner.stage import Input, Params, Stage, StageContext, StageError
 from ._util import (
     order_metrics,
     NumProc, ShardStore, arrow_map, artifact_identity, batch_size_field, load_dataset_dict, num_proc_field,
-    quiet_datasets, require_column, resolve_num_proc, save_dataset_dict, shard_ranges, shard_size_field,
+    with_quiet_datasets, require_column, resolve_num_proc, save_dataset_dict, shard_ranges, shard_size_field,
     table_nbytes,
 )
 
@@ -173,11 +173,8 @@ class DedupStage(Stage):
     inputs = {"dataset": Input(DATASET, description="Documents to deduplicate.")}
     outputs = {"dataset": DATASET}
 
+    @with_quiet_datasets
     def run(self, ctx: StageContext) -> dict[str, Artifact]:
-        with quiet_datasets():
-            return self._run(ctx)
-
-    def _run(self, ctx: StageContext) -> dict[str, Artifact]:
         import numpy as np
 
         p: DedupParams = ctx.params  # type: ignore[assignment]

@@ -15,7 +15,7 @@ from ._util import (
     order_metrics,
     AUTO_PARALLEL_MIN_BYTES, AUTO_PARALLEL_MIN_BYTES_COSTLY,
     NumProc, ShardStore, arrow_map, artifact_identity, batch_size_field, load_arrow, load_dataset_dict,
-    num_proc_field, quiet_datasets, require_column, resolve_num_proc, save_arrow, save_dataset_dict,
+    num_proc_field, with_quiet_datasets, require_column, resolve_num_proc, save_arrow, save_dataset_dict,
     shard_ranges, shard_size_field, table_nbytes,
 )
 from .filters import TEXT_MODIFYING, FilterSpec
@@ -62,11 +62,8 @@ class FilterStage(Stage):
     inputs = {"dataset": Input(DATASET, description="Documents to filter.")}
     outputs = {"dataset": DATASET}
 
+    @with_quiet_datasets
     def run(self, ctx: StageContext) -> dict[str, Artifact]:
-        with quiet_datasets():
-            return self._run(ctx)
-
-    def _run(self, ctx: StageContext) -> dict[str, Artifact]:
         import numpy as np
         from datasets import concatenate_datasets
 

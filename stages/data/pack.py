@@ -32,7 +32,7 @@ from recipe_runner.stage import Input, Params, PlanView, Stage, StageContext, St
 
 from ._util import (
     order_metrics,
-    ShardStore, artifact_identity, load_arrow, load_dataset_dict, quiet_datasets, require_column,
+    ShardStore, artifact_identity, load_arrow, load_dataset_dict, with_quiet_datasets, require_column,
     save_dataset_dict, shard_ranges, shard_size_field,
 )
 
@@ -238,11 +238,8 @@ class PackStage(Stage):
                             "documents run together with no separator token")
         return errs
 
+    @with_quiet_datasets
     def run(self, ctx: StageContext) -> dict[str, Artifact]:
-        with quiet_datasets():
-            return self._run(ctx)
-
-    def _run(self, ctx: StageContext) -> dict[str, Artifact]:
         import numpy as np
 
         p: PackParams = ctx.params  # type: ignore[assignment]

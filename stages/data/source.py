@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 from recipe_runner.artifacts import DATASET, Artifact
 from recipe_runner.stage import Params, Stage, StageContext, StageError
 
-from ._util import ShardStore, load_arrow, order_metrics, quiet_datasets, save_dataset_dict
+from ._util import ShardStore, load_arrow, order_metrics, with_quiet_datasets, save_dataset_dict
 
 FILES_PER_SHARD = 500
 WRITE_BATCH_DOCS = 1000
@@ -558,11 +558,8 @@ class SourceStage(Stage):
                 out.append(None)
         return out
 
+    @with_quiet_datasets
     def run(self, ctx: StageContext) -> dict[str, Artifact]:
-        with quiet_datasets():
-            return self._run(ctx)
-
-    def _run(self, ctx: StageContext) -> dict[str, Artifact]:
         import numpy as np
         from datasets import concatenate_datasets
 

@@ -17,7 +17,7 @@ from recipe_runner.stage import Input, Params, Stage, StageContext, StageError
 from ._util import (
     order_metrics,
     NumProc, ShardStore, arrow_map, artifact_identity, batch_size_field, hub_offline, hub_unreachable_reason,
-    load_dataset_dict, quiet_datasets, require_column, resolve_num_proc, save_dataset_dict, shard_ranges,
+    load_dataset_dict, with_quiet_datasets, require_column, resolve_num_proc, save_dataset_dict, shard_ranges,
     shard_size_field, stable_hash, table_nbytes,
 )
 
@@ -206,11 +206,8 @@ class TokenizeStage(Stage):
     }
     outputs = {"dataset": TOKENIZED_DATASET, "tokenizer": TOKENIZER}
 
+    @with_quiet_datasets
     def run(self, ctx: StageContext) -> dict[str, Artifact]:
-        with quiet_datasets():
-            return self._run(ctx)
-
-    def _run(self, ctx: StageContext) -> dict[str, Artifact]:
         p: TokenizeParams = ctx.params  # type: ignore[assignment]
         art = ctx.input("dataset")
         dd = load_dataset_dict(art)
