@@ -23,7 +23,7 @@ import shutil
 import socket
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Union
+from typing import Any, Callable, Iterable, Iterator, Literal, Union
 from urllib.parse import urlparse
 
 from pydantic import Field
@@ -145,6 +145,75 @@ def save_dataset_dict(splits: dict[str, Any], path: Path, num_proc: int | None =
         kwargs["num_shards"].update({s: max(1, -(-int(d.data.nbytes) // (500 * 2**20)))
                                      for s, d in splits.items() if len(d)})
     DatasetDict(splits).save_to_disk(str(path), num_proc=num_proc if num_proc and num_proc > 1 else None, **kwargs)
+
+
+def kept_rows(table: Any, keep: Any, chunk_rows: int = 16_384) -> Iterator[Any]:
+    """The rows of ``table`` where the boolean array ``keep`` is true, as a
+    stream of small tables (memory stays bounded by ``chunk_rows``)."""
+    import pyarrow as pa
+
+    for a in range(0, table.num_rows, chunk_rows):
+        part = table.slice(a, chunk_rows)
+        k = keep[a: a + part.num_rows]
+        yield part if k.all() else part.filter(pa.array(k))
+
+
+#: rows per file of a saved split, as ``save_to_disk`` shards (its default max_shard_size)
+SAVED_FILE_BYTES = 500 * 2**20
+
+
+def save_streamed(splits: dict[str, tuple[Any, Iterable[Any]]], path: Path) -> dict[str, Any]:
+    """Save ``{split: (template Dataset, stream of pyarrow tables)}`` as a
+    DatasetDict at ``path`` (``save_to_disk``'s layout, so ``load_from_disk``
+    reads it) and return the saved splits, memory-mapped.
+
+    The tables are written once, sequentially, with the template's features
+    and info: no per-row gather (``Dataset.select(...).save_to_disk``) and no
+    second copy."""
+    import dataclasses
+
+    from datasets import load_from_disk
+    from datasets.arrow_writer import ArrowWriter
+
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    for split, (template, tables) in splits.items():
+        d = path / split
+        d.mkdir()
+        files: list[Path] = []
+        writer, size = None, 0
+        for t in tables:
+            if writer is None or (size >= SAVED_FILE_BYTES and t.num_rows):
+                if writer is not None:
+                    writer.finalize()
+                    writer.close()
+                files.append(d / f"data-{len(files):05d}.arrow")
+                writer, size = ArrowWriter(features=template.features, path=str(files[-1]),
+                                           embed_local_files=True), 0
+            if t.num_rows:
+                writer.write_table(t)
+                size += t.nbytes
+        if writer is None:  # no table at all: an empty split still gets a file with the schema
+            files.append(d / "data-00000.arrow")
+            writer = ArrowWriter(features=template.features, path=str(files[-1]))
+        writer.finalize()
+        writer.close()
+        names = []
+        for i, f in enumerate(files):  # save_to_disk's names
+            name = f"data-{i:05d}-of-{len(files):05d}.arrow"
+            f.rename(d / name)
+            names.append(name)
+        state = {"_data_files": [{"filename": n} for n in names], "_fingerprint": uuid.uuid4().hex,
+                 "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
+                 "_output_all_columns": False, "_split": None}
+        (d / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
+        info = dataclasses.asdict(template.info)
+        (d / "dataset_info.json").write_text(json.dumps({k: info[k] for k in sorted(info)}, indent=2))
+    (path / "dataset_dict.json").write_text(json.dumps({"splits": list(splits)}))
+    saved = load_from_disk(str(path))
+    return {s: saved[s] for s in splits}
 
 
 def artifact_identity(art: Any) -> dict[str, Any]:
@@ -276,20 +345,29 @@ class ShardStore:
 
     def commit(self, name: str, write: Callable[[Path], dict[str, Any] | None]) -> dict[str, Any]:
         """Run ``write(tmpdir) -> meta`` and move the result into place."""
-        tmp = self.root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
+        tmp = self.begin(name)
         try:
             meta = write(tmp) or {}
-            (tmp / "meta.json").write_text(json.dumps(meta))
-            final = self.root / name
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            self.finish(name, tmp, meta)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(self.root / ".scratch", ignore_errors=True)
-        self.computed += 1
         return meta
+
+    def begin(self, name: str) -> Path:
+        """A fresh temporary directory for shard ``name`` (see :meth:`finish`)."""
+        tmp = self.root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        return tmp
+
+    def finish(self, name: str, tmp: Path, meta: dict[str, Any]) -> None:
+        """Move a shard written into ``tmp`` (by this or a worker process) into place."""
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        final = self.root / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        self.computed += 1
 
     def get_or_make(self, name: str, write: Callable[[Path], dict[str, Any] | None]) -> tuple[Path, dict[str, Any]]:
         if self.done(name):

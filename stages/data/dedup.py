@@ -13,11 +13,11 @@ from pydantic import Field, model_validator
 from recipe_runner.artifacts import DATASET, Artifact
 from recipe_runner.stage import Input, Params, Stage, StageContext, StageError
 
+from ._parallel import base_table, map_shards, plan_shards
 from ._util import (
-    order_metrics,
-    NumProc, ShardStore, arrow_map, artifact_identity, batch_size_field, load_dataset_dict, num_proc_field,
-    with_quiet_datasets, require_column, resolve_num_proc, save_dataset_dict, shard_ranges, shard_size_field,
-    table_nbytes,
+    NumProc, ShardStore, artifact_identity, batch_size_field, kept_rows, load_dataset_dict, num_proc_field,
+    order_metrics, require_column, resolve_num_proc, save_streamed, shard_size_field, table_nbytes,
+    with_quiet_datasets,
 )
 
 Normalize = Literal["none", "whitespace", "lower", "alnum"]
@@ -107,6 +107,26 @@ def dedup_batch(table: Any, text_column: str, exact: bool, normalize: str, near:
     return pa.table(out)
 
 
+def _hash_shard(table: Any, tmp: Path, batch_size: int, **kw: Any) -> dict[str, Any]:
+    """One shard: ``hash.npy`` (exact) and ``sig.npy``/``nsh.npy`` (MinHash)."""
+    import numpy as np
+    import pyarrow as pa
+
+    res = [dedup_batch(table.slice(a, batch_size), **kw) for a in range(0, table.num_rows, batch_size)]
+    res = pa.concat_tables(res) if res else None
+    if kw["exact"]:
+        np.save(tmp / "hash.npy", res.column("_h").to_numpy() if res is not None else np.zeros(0, np.uint64))
+    if kw["near"]:
+        if res is not None:
+            flat = res.column("_sig").combine_chunks().flatten().to_numpy()
+            np.save(tmp / "sig.npy", flat.reshape(-1, kw["num_perm"]))
+            np.save(tmp / "nsh.npy", res.column("_nsh").to_numpy())
+        else:
+            np.save(tmp / "sig.npy", np.zeros((0, kw["num_perm"]), np.uint32))
+            np.save(tmp / "nsh.npy", np.zeros(0, np.int32))
+    return {"rows": table.num_rows}
+
+
 def lsh_clusters(sig: Any, threshold: float, verify: bool) -> Any:
     """Connected components of the LSH candidate graph over signature rows.
 
@@ -186,39 +206,18 @@ class DedupStage(Stage):
         fn_kwargs = {"text_column": p.text_column, "exact": p.exact, "normalize": p.normalize,
                      "near": p.near_duplicates, "num_perm": p.num_perm, "shingle": p.shingle,
                      "shingle_size": p.shingle_size, "seed": p.minhash_seed}
-        hashes, sigs, nsh = [], [], []
+        tables = {split: base_table(ds) for split, ds in dd.items()}
         total = sum(len(d) for d in dd.values())
+        nproc = resolve_num_proc(p.num_proc, sum(table_nbytes(ds) for ds in dd.values()), total)
+        shards = [(f"{split}-{a:010d}-{b:010d}", split, a, b) for split, t in tables.items()
+                  for a, b in plan_shards(t, p.text_column, p.shard_size, nproc)]
         with ctx.progress("dedup: hashing", total=total) as prog:
-            for split, ds in dd.items():
-                for si, (a, b) in enumerate(shard_ranges(len(ds), p.shard_size)):
-                    part = ds.select(range(a, b))
-
-                    def write(tmp: Path, part: Any = part) -> dict[str, Any]:
-                        nproc = resolve_num_proc(p.num_proc, table_nbytes(part), len(part))
-                        res = arrow_map(part, dedup_batch, store.scratch, num_proc=nproc, batch_size=p.batch_size,
-                                        fn_kwargs=fn_kwargs, remove_columns=part.column_names,
-                                        input_columns=[p.text_column])
-                        tab = res.with_format("arrow")[:] if len(res) else None
-                        if p.exact:
-                            h = tab.column("_h").to_numpy() if tab is not None else np.zeros(0, np.uint64)
-                            np.save(tmp / "hash.npy", h)
-                        if p.near_duplicates:
-                            if tab is not None:
-                                flat = tab.column("_sig").combine_chunks().flatten().to_numpy()
-                                np.save(tmp / "sig.npy", flat.reshape(-1, p.num_perm))
-                                np.save(tmp / "nsh.npy", tab.column("_nsh").to_numpy())
-                            else:
-                                np.save(tmp / "sig.npy", np.zeros((0, p.num_perm), np.uint32))
-                                np.save(tmp / "nsh.npy", np.zeros(0, np.int32))
-                        return {"rows": len(part)}
-
-                    path, _ = store.get_or_make(f"{split}-{si:05d}", write)
-                    if p.exact:
-                        hashes.append(np.load(path / "hash.npy"))
-                    if p.near_duplicates:
-                        sigs.append(np.load(path / "sig.npy"))
-                        nsh.append(np.load(path / "nsh.npy"))
-                    prog.advance(b - a)
+            map_shards(store, tables, shards, _hash_shard, {**fn_kwargs, "batch_size": p.batch_size},
+                       num_proc=nproc, what="hashing", on_done=lambda name, meta, rows: prog.advance(rows))
+        paths = [store.path(name) for name, _, _, _ in shards]
+        hashes = [np.load(path / "hash.npy") for path in paths] if p.exact else []
+        sigs = [np.load(path / "sig.npy") for path in paths] if p.near_duplicates else []
+        nsh = [np.load(path / "nsh.npy") for path in paths] if p.near_duplicates else []
 
         n = total
         keep = np.ones(n, dtype=bool)
@@ -244,19 +243,18 @@ class DedupStage(Stage):
             m["near_duplicate_clusters"] = int((sizes > 1).sum())
             m["documents_without_shingles"] = int((~has).sum())
 
-        out_splits = {}
+        streams = {}
         offset = 0
         for split, ds in dd.items():
             k = keep[offset: offset + len(ds)]
-            idx = np.flatnonzero(k)
-            out_splits[split] = ds if len(idx) == len(ds) else ds.select(idx)
+            streams[split] = (ds, kept_rows(tables[split], k))
             m[f"{split}_documents_in"] = len(ds)
-            m[f"{split}_documents_out"] = int(len(idx))
+            m[f"{split}_documents_out"] = int(k.sum())
             offset += len(ds)
-        if "train" in out_splits and len(out_splits["train"]) == 0:
+        if "train" in streams and m["train_documents_out"] == 0:
             raise StageError("deduplication left no training documents")
         out = ctx.output_path("dataset")
-        save_dataset_dict(out_splits, out)
+        out_splits = save_streamed(streams, out)
         m["documents_in"] = n
         m["documents_out"] = int(keep.sum())
         m["shards_reused"] = store.reused

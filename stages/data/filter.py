@@ -11,12 +11,11 @@ from pydantic import Field
 from recipe_runner.artifacts import DATASET, Artifact
 from recipe_runner.stage import Input, Params, Stage, StageContext, StageError
 
+from ._parallel import base_table, map_shards, plan_shards
 from ._util import (
-    order_metrics,
-    AUTO_PARALLEL_MIN_BYTES, AUTO_PARALLEL_MIN_BYTES_COSTLY,
-    NumProc, ShardStore, arrow_map, artifact_identity, batch_size_field, load_arrow, load_dataset_dict,
-    num_proc_field, with_quiet_datasets, require_column, resolve_num_proc, save_arrow, save_dataset_dict,
-    shard_ranges, shard_size_field, table_nbytes,
+    AUTO_PARALLEL_MIN_BYTES, AUTO_PARALLEL_MIN_BYTES_COSTLY, NumProc, ShardStore, artifact_identity,
+    batch_size_field, kept_rows, load_dataset_dict, num_proc_field, order_metrics, require_column,
+    resolve_num_proc, save_streamed, shard_size_field, table_nbytes, with_quiet_datasets,
 )
 from .filters import TEXT_MODIFYING, FilterSpec
 
@@ -65,7 +64,6 @@ class FilterStage(Stage):
     @with_quiet_datasets
     def run(self, ctx: StageContext) -> dict[str, Artifact]:
         import numpy as np
-        from datasets import concatenate_datasets
 
         p: FilterParams = ctx.params  # type: ignore[assignment]
         art = ctx.input("dataset")
@@ -88,78 +86,41 @@ class FilterStage(Stage):
         key = {"stage": "filter", "v": self.version, "params": p.model_dump(mode="json"),
                "input": artifact_identity(art)}
         store = ShardStore(ctx.checkpoint_dir / "filter-shards", key, ctx.log)
+        tables = {split: base_table(ds) for split, ds in dd.items()}
+        nbytes = sum(table_nbytes(ds) for ds in dd.values())
+        total_docs = sum(len(d) for d in dd.values())
+        nproc = resolve_num_proc(p.num_proc, nbytes, total_docs,
+                                 min_bytes=AUTO_PARALLEL_MIN_BYTES_COSTLY if costly else AUTO_PARALLEL_MIN_BYTES)
+        shards = [(f"{split}-{a:010d}-{b:010d}", split, a, b) for split, t in tables.items()
+                  for a, b in plan_shards(t, p.text_column, p.shard_size, nproc)]
         removed = np.zeros(len(names), dtype=np.int64)
         reasons: dict[str, int] = {}
-        out_splits = {}
-        total_docs = sum(len(d) for d in dd.values())
         with ctx.progress("filter", total=total_docs) as prog:
-            for split, ds in dd.items():
-                ranges = shard_ranges(len(ds), p.shard_size)
-                masks, texts = [], []
-                for si, (a, b) in enumerate(ranges):
-                    part = ds.select(range(a, b))
+            def done(name: str, meta: dict[str, Any], rows: int) -> None:
+                for k, v in meta["reasons"].items():
+                    idx, why = k.split(":", 1)
+                    removed[int(idx)] += v
+                    rk = f"{names[int(idx)]}.{why or 'removed'}"
+                    reasons[rk] = reasons.get(rk, 0) + v
+                prog.advance(rows)
 
-                    def write(tmp: Path, part: Any = part) -> dict[str, Any]:
-                        nproc = resolve_num_proc(p.num_proc, table_nbytes(part), len(part),
-                                                 min_bytes=AUTO_PARALLEL_MIN_BYTES_COSTLY if costly
-                                                 else AUTO_PARALLEL_MIN_BYTES)
-                        res = arrow_map(part, _filter_fn, store.scratch, num_proc=nproc, batch_size=p.batch_size,
-                                        fn_kwargs={"specs_json": specs_json, "text_column": p.text_column,
-                                                   "modifies": modifies},
-                                        remove_columns=part.column_names,
-                                        input_columns=[p.text_column])
-                        tab = res.with_format("arrow")[:] if len(res) else None
-                        drop = tab.column("_drop").to_numpy().astype(np.int16) if tab is not None else \
-                            np.zeros(0, np.int16)
-                        np.save(tmp / "drop.npy", drop)
-                        counts: dict[str, int] = {}
-                        if tab is not None:
-                            import pyarrow.compute as pc
+            map_shards(store, tables, shards, _filter_shard,
+                       {"specs_json": specs_json, "text_column": p.text_column, "modifies": modifies,
+                        "batch_size": p.batch_size},
+                       num_proc=nproc, what="filtering", on_done=done)
 
-                            dropped = pc.filter(tab, pc.greater_equal(tab.column("_drop"), 0))
-                            for row in pc.value_counts(pc.binary_join_element_wise(
-                                    pc.cast(dropped.column("_drop"), "string"), dropped.column("_reason"), ":"
-                            )).to_pylist():
-                                counts[row["values"]] = row["counts"]
-                        if modifies:
-                            save_arrow(res.select_columns([p.text_column]), tmp / "text.arrow")
-                        return {"rows": len(part), "reasons": counts}
-
-                    try:
-                        path, meta = store.get_or_make(f"{split}-{si:05d}", write)
-                    except StageError:
-                        raise
-                    except Exception as e:  # noqa: BLE001 - finished shards stay in the checkpoint
-                        raise StageError(
-                            f"filtering failed in split {split!r}, documents {a}..{b - 1}: {type(e).__name__}: {e} "
-                            f"({store.computed + store.reused} finished shard(s) are kept and reused on the next run)"
-                        ) from e
-                    masks.append(np.load(path / "drop.npy"))
-                    if modifies:
-                        texts.append(load_arrow(path / "text.arrow"))
-                    for k, v in meta["reasons"].items():
-                        idx, why = k.split(":", 1)
-                        removed[int(idx)] += v
-                        rk = f"{names[int(idx)]}.{why or 'removed'}"
-                        reasons[rk] = reasons.get(rk, 0) + v
-                    prog.advance(b - a)
-                drop = np.concatenate(masks) if masks else np.zeros(0, np.int16)
-                keep_idx = np.flatnonzero(drop < 0)
-                if modifies and len(keep_idx):
-                    new_text = (concatenate_datasets(texts) if len(texts) > 1 else texts[0]).select(keep_idx)
-                    rest = ds.remove_columns([p.text_column]).select(keep_idx)
-                    kept = concatenate_datasets([new_text, rest], axis=1) if rest.column_names else new_text
-                    kept = kept.select_columns(ds.column_names)
-                else:
-                    kept = ds.select(keep_idx) if len(keep_idx) < len(ds) else ds
-                out_splits[split] = kept
-                ctx.metrics[f"{split}_documents_in"] = len(ds)
-                ctx.metrics[f"{split}_documents_out"] = len(kept)
+        streams = {}
+        for split, ds in dd.items():
+            paths = [store.path(name) for name, s, _, _ in shards if s == split]
+            streams[split] = (ds, _kept(tables[split], paths, p.text_column, modifies))
+            keep = np.concatenate([np.load(path / "drop.npy") for path in paths]) < 0
+            ctx.metrics[f"{split}_documents_in"] = len(ds)
+            ctx.metrics[f"{split}_documents_out"] = int(keep.sum())
+        out = ctx.output_path("dataset")
+        out_splits = save_streamed(streams, out)
 
         if len(out_splits.get("train", [])) == 0:
             ctx.log.warning("the filters removed every training document")
-        out = ctx.output_path("dataset")
-        save_dataset_dict(out_splits, out)
         m = ctx.metrics
         m["documents_in"] = total_docs
         m["documents_out"] = sum(len(d) for d in out_splits.values())
@@ -175,7 +136,49 @@ class FilterStage(Stage):
         return {"dataset": Artifact(DATASET, out, meta=meta)}
 
 
-def _filter_fn(table: Any, specs_json: str, text_column: str, modifies: bool) -> Any:
+def _filter_shard(table: Any, tmp: Path, specs_json: str, text_column: str, modifies: bool,
+                  batch_size: int) -> dict[str, Any]:
+    """One shard: ``drop.npy`` (index of the filter that removed each document,
+    -1 if kept), the edited texts when a filter edits, and removal counts."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     from .filters import filter_batch
 
-    return filter_batch(table, specs_json, text_column, modifies)
+    table = table.select([text_column])
+    results = [filter_batch(table.slice(a, batch_size), specs_json, text_column, modifies)
+               for a in range(0, table.num_rows, batch_size)]
+    res = pa.concat_tables(results) if results else None
+    drop = res.column("_drop").to_numpy().astype(np.int16) if res is not None else np.zeros(0, np.int16)
+    np.save(tmp / "drop.npy", drop)
+    counts: dict[str, int] = {}
+    if res is not None:
+        dropped = res.filter(pc.greater_equal(res.column("_drop"), 0))
+        for row in pc.value_counts(pc.binary_join_element_wise(
+                pc.cast(dropped.column("_drop"), "string"), dropped.column("_reason"), ":")).to_pylist():
+            counts[row["values"]] = row["counts"]
+    if modifies:
+        import pyarrow.feather as feather
+
+        feather.write_feather(res.select([text_column]) if res is not None else
+                              pa.table({text_column: pa.array([], pa.string())}), str(tmp / "text.arrow"),
+                              compression="uncompressed")
+    return {"rows": table.num_rows, "reasons": counts}
+
+
+def _kept(table: Any, shard_paths: list[Path], text_column: str, modifies: bool) -> Any:
+    """The kept rows, shard by shard (edited texts swapped in where a filter edits)."""
+    import numpy as np
+
+    a = 0
+    for path in shard_paths:
+        keep = np.load(path / "drop.npy") < 0
+        part = table.slice(a, len(keep))
+        a += len(keep)
+        if modifies:
+            import pyarrow.feather as feather
+
+            text = feather.read_table(str(path / "text.arrow"), memory_map=True).column(text_column)
+            part = part.set_column(part.schema.get_field_index(text_column), text_column, text)
+        yield from kept_rows(part, keep)

@@ -14,11 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from recipe_runner.artifacts import DATASET, TOKENIZED_DATASET, TOKENIZER, Artifact
 from recipe_runner.stage import Input, Params, Stage, StageContext, StageError
 
+from ._parallel import base_table, map_shards, plan_shards
 from ._util import (
-    order_metrics,
-    NumProc, ShardStore, arrow_map, artifact_identity, batch_size_field, hub_offline, hub_unreachable_reason,
-    load_dataset_dict, with_quiet_datasets, require_column, resolve_num_proc, save_dataset_dict, shard_ranges,
-    shard_size_field, stable_hash, table_nbytes,
+    NumProc, ShardStore, artifact_identity, batch_size_field, hub_offline, hub_unreachable_reason,
+    load_dataset_dict, order_metrics, require_column, resolve_num_proc, save_streamed, shard_size_field,
+    stable_hash, table_nbytes, with_quiet_datasets,
 )
 
 
@@ -51,8 +51,9 @@ class TokenizeParams(Params):
     text_column: str = Field("text", description="Column holding the text.")
     keep_text: bool = Field(False, description="Keep the text column next to input_ids (other columns are always kept).")
     num_proc: NumProc = Field(
-        "auto", description=("Worker processes. 'auto': one process whose Rust tokenizer runs on every core (unless "
-                             "TOKENIZERS_PARALLELISM=false, then one process per core once a shard is big enough)."))
+        "auto", description=("Worker processes, each running one Rust tokenizer thread. 'auto': one per usable core "
+                             "(at most 8) once the input holds 8 MiB of text; below that, this process alone with "
+                             "the Rust tokenizer's own threads (unless TOKENIZERS_PARALLELISM=false)."))
     batch_size: int = batch_size_field()
     shard_size: int = shard_size_field()
 
@@ -263,44 +264,36 @@ class TokenizeStage(Stage):
                "input": artifact_identity(art), "tokenizer": tok_key}
         store = ShardStore(ctx.checkpoint_dir / "tokenize-shards", key, ctx.log)
         rust_parallel = os.environ.get("TOKENIZERS_PARALLELISM", "").lower() not in ("false", "0", "no", "off")
-        fn_kwargs = {"tok_dir": str(tok_out), "text_column": p.text_column, "bos": bos, "eos": eos,
-                     "keep_text": p.keep_text}
-        out_splits: dict[str, Any] = {}
+        tables = {split: base_table(ds) for split, ds in dd.items()}
         total_docs = sum(len(d) for d in dd.values())
+        nproc = resolve_num_proc(p.num_proc, sum(table_nbytes(ds) for ds in dd.values()), total_docs)
+        shards = [(f"{split}-{a:010d}-{b:010d}", split, a, b) for split, t in tables.items()
+                  for a, b in plan_shards(t, p.text_column, p.shard_size, nproc)]
+        features = {split: _output_features(ds.features, p.text_column, p.keep_text) for split, ds in dd.items()}
+        tokens: dict[str, int] = {}
         m = ctx.metrics
-        grand = 0
         with ctx.progress("tokenize", total=total_docs) as prog:
-            for split, ds in dd.items():
-                parts = []
-                n_tokens = 0
-                for si, (a, b) in enumerate(shard_ranges(len(ds), p.shard_size)):
-                    part = ds.select(range(a, b))
+            def done(name: str, meta: dict[str, Any], rows: int) -> None:
+                split = name.rsplit("-", 2)[0]
+                tokens[split] = tokens.get(split, 0) + meta["tokens"]
+                prog.advance(rows)
 
-                    def write(tmp: Path, part: Any = part) -> dict[str, Any]:
-                        if p.num_proc == "auto" and rust_parallel:
-                            nproc = 1
-                        else:
-                            nproc = resolve_num_proc(p.num_proc, table_nbytes(part), len(part))
-                        with _rust_threads(nproc == 1 and rust_parallel):
-                            res = arrow_map(part, tokenize_batch, tmp, num_proc=nproc, batch_size=p.batch_size,
-                                            fn_kwargs=fn_kwargs, remove_columns=part.column_names)
-                        import pyarrow.compute as pc
-
-                        nt = int(pc.sum(res.with_format("arrow")[:].column("num_tokens")).as_py() or 0) if len(res) else 0
-                        return {"rows": len(res), "tokens": nt}
-
-                    path, meta = store.get_or_make(f"{split}-{si:05d}", write)
-                    parts.append(_load_shard(path))
-                    n_tokens += meta["tokens"]
-                    prog.advance(b - a)
-                from datasets import concatenate_datasets
-
-                out_splits[split] = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-                m[f"{split}_documents"] = len(ds)
-                m[f"{split}_tokens"] = n_tokens
-                grand += n_tokens
+            # one process: the Rust tokenizer's own threads; several: one Rust thread in each
+            with _rust_threads(rust_parallel if nproc == 1 else False):
+                map_shards(store, tables, shards, _tokenize_shard,
+                           {"tok_dir": str(tok_out), "text_column": p.text_column, "bos": bos, "eos": eos,
+                            "keep_text": p.keep_text, "batch_size": p.batch_size},
+                           num_proc=nproc, what="tokenizing", on_done=done,
+                           split_kwargs={split: {"features": f} for split, f in features.items()})
+        streams = {}
+        for split, ds in dd.items():
+            files = [store.path(name) / "data.arrow" for name, s, _, _ in shards if s == split]
+            streams[split] = (_template(features[split]), _shard_tables(files))
+            m[f"{split}_documents"] = len(ds)
+            m[f"{split}_tokens"] = tokens.get(split, 0)
+        grand = sum(tokens.values())
         out = ctx.output_path("dataset")
-        save_dataset_dict(out_splits, out)
+        out_splits = save_streamed(streams, out)
         m["num_tokens"] = grand
         m["vocab_size"] = len(tok)
         m["tokenizer"] = origin
@@ -317,18 +310,17 @@ class TokenizeStage(Stage):
 
 @contextlib.contextmanager
 def _rust_threads(on: bool) -> Any:
-    """Let the Rust tokenizer use its thread pool for this block.
+    """Turn the Rust tokenizer's thread pool on or off for this block (and
+    for worker processes forked in it), restoring the setting afterwards.
 
-    datasets' multi-process ``map`` (earlier stages in the same run) sets
+    On: datasets' multi-process ``map`` (earlier stages in the same run) sets
     TOKENIZERS_PARALLELISM=false in the real process environment and only
     restores Python's ``os.environ`` object, so the Rust library would stay
     single-threaded for the rest of the process (measured: CPU time equal to
-    wall time).  Re-assert the user's choice (unset means parallel)."""
-    if not on:
-        yield
-        return
+    wall time).  Off: each forked worker runs one Rust thread (and the
+    library does not warn about forking after its pool was used)."""
     before = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if on else "false"
     try:
         yield
     finally:
@@ -338,14 +330,41 @@ def _rust_threads(on: bool) -> Any:
             os.environ["TOKENIZERS_PARALLELISM"] = before
 
 
-def _load_shard(path: Path) -> Any:
-    from datasets import concatenate_datasets
+def _output_features(features: Any, text_column: str, keep_text: bool) -> Any:
+    from datasets import Features, List, Value
 
-    from ._util import load_arrow
+    out = {k: v for k, v in features.items() if k != text_column or keep_text}
+    out["input_ids"] = List(Value("int32"))
+    out["num_tokens"] = Value("int32")
+    return Features(out)
 
-    files = sorted(f for f in path.glob("*.arrow"))
-    if not files:
-        raise StageError(f"checkpoint shard {path} holds no data; delete it and run again")
-    parts = [load_arrow(f) for f in files]
-    return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
+def _tokenize_shard(table: Any, tmp: Path, batch_size: int, features: Any, **kw: Any) -> dict[str, Any]:
+    """One shard: ``data.arrow`` (the other columns, input_ids, num_tokens) and its token count."""
+    import pyarrow.compute as pc
+    from datasets.arrow_writer import ArrowWriter
+
+    tokens = 0
+    with ArrowWriter(features=features, path=str(tmp / "data.arrow")) as w:
+        for a in range(0, table.num_rows, batch_size):
+            t = tokenize_batch(table.slice(a, batch_size), **kw)
+            tokens += int(pc.sum(t.column("num_tokens")).as_py() or 0)
+            w.write_table(t)
+        w.finalize()
+    return {"rows": table.num_rows, "tokens": tokens}
+
+
+def _template(features: Any) -> Any:
+    """An empty Dataset with the output's features (what ``save_streamed`` writes)."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({k: [] for k in features}, features=features)
+
+
+def _shard_tables(files: list[Path]) -> Any:
+    import pyarrow as pa
+
+    for f in files:
+        with pa.memory_map(str(f)) as src:
+            for batch in pa.ipc.open_stream(src):
+                yield pa.Table.from_batches([batch])

@@ -1,0 +1,144 @@
+"""Per-document work over a dataset's shards, in forked worker processes.
+
+A stage plans contiguous row ranges (:func:`plan_shards`: few enough rows and
+bytes of text that the workers stay balanced and a killed run loses little),
+then :func:`map_shards` runs ``fn(table_slice, tmpdir, **kwargs) -> meta`` on
+each range not already finished in the stage's :class:`ShardStore`:
+
+- in this process when one process is asked for (or one shard is left);
+- else in a pool of forked workers, which inherit the memory-mapped input
+  tables and anything the stage built beforehand (a fastText model, the
+  filters) without pickling or reloading them, and write their results
+  straight into the shard's temporary directory.  Only the small ``meta``
+  dict comes back.
+
+A shard is committed (renamed into place) as soon as its worker is done, so a
+failure or a kill keeps every finished shard for the next run.  A worker that
+dies (killed, out of memory) breaks the pool with an error instead of a hang.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from recipe_runner.stage import StageError
+
+#: shards aimed at per worker (fewer and the last one decides the wall time)
+SHARDS_PER_PROC = 8
+MIN_SHARD_BYTES = 1 * 2**20
+MAX_SHARD_BYTES = 64 * 2**20
+
+# the tables of the running map, inherited by the forked workers
+_FORKED: dict[str, Any] = {}
+
+
+def base_table(ds: Any) -> Any:
+    """The pyarrow Table holding a Dataset's rows, in order."""
+    if getattr(ds, "_indices", None) is not None:  # a select()ed view: materialise its rows
+        return ds.with_format("arrow")[:]
+    return ds.data.table
+
+
+def plan_shards(table: Any, column: str, shard_size: int, num_proc: int) -> list[tuple[int, int]]:
+    """Contiguous row ranges of at most ``shard_size`` rows and, where one
+    document allows it, about ``total_bytes / (SHARDS_PER_PROC * num_proc)``
+    bytes of ``column`` (1 to 64 MiB; 64 MiB for one process)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    if n == 0:
+        return [(0, 0)]
+    lens = pc.binary_length(table.column(column)).fill_null(0).to_numpy()
+    cum = np.cumsum(lens, dtype=np.int64)
+    target = MAX_SHARD_BYTES if num_proc <= 1 else \
+        int(min(max(cum[-1] / (SHARDS_PER_PROC * num_proc), MIN_SHARD_BYTES), MAX_SHARD_BYTES))
+    ranges = []
+    a = 0
+    while a < n:
+        base = int(cum[a - 1]) if a else 0
+        b = int(np.searchsorted(cum, base + target, side="right"))
+        b = min(max(b, a + 1), a + shard_size, n)
+        ranges.append((a, b))
+        a = b
+    return ranges
+
+
+def _run_job(job: tuple) -> dict[str, Any]:
+    fn, split, a, b, tmp, kwargs = job
+    return fn(_FORKED[split].slice(a, b - a), Path(tmp), **kwargs) or {}
+
+
+def map_shards(store: Any, tables: dict[str, Any], shards: list[tuple[str, str, int, int]],
+               fn: Callable[..., dict[str, Any] | None], kwargs: dict[str, Any], *, num_proc: int, what: str,
+               on_done: Callable[[str, dict[str, Any], int], None],
+               split_kwargs: dict[str, dict[str, Any]] | None = None) -> None:
+    """Make every shard ``(name, split, a, b)`` not yet in ``store``.
+
+    ``fn`` must be a module-level function; it is called with ``kwargs`` and,
+    for a shard of split ``s``, ``split_kwargs[s]``.  ``on_done(name, meta, rows)`` is
+    called in this process for each shard, reused or new, in completion order."""
+    per_split = split_kwargs or {}
+    todo = []
+    for name, split, a, b in shards:
+        if store.done(name):
+            store.reused += 1
+            on_done(name, store.meta(name), b - a)
+        else:
+            todo.append((name, split, a, b))
+
+    def failed(split: str, a: int, b: int, e: BaseException) -> StageError:
+        if isinstance(e, StageError):
+            return e
+        return StageError(
+            f"{what} failed in split {split!r}, documents {a}..{b - 1}: {type(e).__name__}: {e} "
+            f"({store.computed + store.reused} finished shard(s) are kept and reused on the next run)")
+
+    procs = min(num_proc, len(todo))
+    if procs <= 1:
+        for name, split, a, b in todo:
+            try:
+                meta = store.commit(name, lambda tmp, split=split, a=a, b=b:
+                                    fn(tables[split].slice(a, b - a), tmp, **kwargs, **per_split.get(split, {})))
+            except StageError:
+                raise
+            except Exception as e:  # noqa: BLE001 - named with its documents
+                raise failed(split, a, b, e) from e
+            on_done(name, meta, b - a)
+        return
+
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    _FORKED.clear()
+    _FORKED.update(tables)
+    error: tuple | None = None
+    try:
+        with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("fork")) as pool:
+            futures = {}
+            for name, split, a, b in todo:
+                tmp = store.begin(name)
+                futures[pool.submit(_run_job, (fn, split, a, b, str(tmp), {**kwargs, **per_split.get(split, {})}))] = (name, split, a, b, tmp)
+            for fut in as_completed(futures):
+                name, split, a, b, tmp = futures[fut]
+                if fut.cancelled():
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    continue
+                try:
+                    meta = fut.result()
+                except Exception as e:  # noqa: BLE001 - reported after the running shards finish
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    if error is None:
+                        error = (split, a, b, e)
+                        for other in futures:
+                            other.cancel()
+                    continue
+                store.finish(name, tmp, meta)
+                on_done(name, meta, b - a)
+    finally:
+        _FORKED.clear()
+        for child in store.root.glob(".tmp-*"):
+            shutil.rmtree(child, ignore_errors=True)
+    if error is not None:
+        raise failed(*error) from error[3]
