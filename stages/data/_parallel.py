@@ -5,7 +5,8 @@ bytes of text that the workers stay balanced and a killed run loses little),
 then :func:`map_shards` runs ``fn(table_slice, tmpdir, **kwargs) -> meta`` on
 each range not already finished in the stage's :class:`ShardStore`:
 
-- in this process when one process is asked for (or one shard is left);
+- in this process when one process is asked for, one shard is left, or the
+  platform is not Linux (fork is unsafe on macOS and missing on Windows);
 - else in a pool of forked workers, which inherit the memory-mapped input
   tables and anything the stage built beforehand (a fastText model, the
   filters) without pickling or reloading them, and write their results
@@ -19,11 +20,14 @@ dies (killed, out of memory) breaks the pool with an error instead of a hang.
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from recipe_runner.stage import StageError
 
+#: part of the shard stores' keys: stores made with another shard layout start over
+SHARD_LAYOUT = "bytes-1"
 #: shards aimed at per worker (fewer and the last one decides the wall time)
 SHARDS_PER_PROC = 8
 MIN_SHARD_BYTES = 1 * 2**20
@@ -95,7 +99,9 @@ def map_shards(store: Any, tables: dict[str, Any], shards: list[tuple[str, str, 
             f"{what} failed in split {split!r}, documents {a}..{b - 1}: {type(e).__name__}: {e} "
             f"({store.computed + store.reused} finished shard(s) are kept and reused on the next run)")
 
-    procs = min(num_proc, len(todo))
+    # fork is what lets the workers share the loaded state; off Linux (macOS, Windows) fork is unsafe
+    # or missing, so the shards run here
+    procs = min(num_proc, len(todo)) if sys.platform.startswith("linux") else 1
     if procs <= 1:
         for name, split, a, b in todo:
             try:

@@ -5,9 +5,8 @@
 - :class:`ShardStore`: finished shards of a stage kept under
   ``ctx.checkpoint_dir`` so that a stage killed midway redoes only the
   unfinished shards when it is run again,
-- :func:`arrow_map`: ``Dataset.map`` in batches of Arrow tables, with the
-  cache file kept in the stage's scratch space (never next to an upstream
-  artifact) and no function hashing,
+- :func:`save_streamed`: a DatasetDict written in one sequential pass from
+  streams of Arrow tables (e.g. :func:`kept_rows` of a filtered input),
 - a quick, never-hanging check that the Hugging Face hub can be reached.
 
 Nothing heavy is imported at module level: stage modules import this one and
@@ -46,11 +45,10 @@ def num_proc_field(default: NumProc = "auto") -> Any:
     return Field(
         default,
         description=(
-            "Worker processes for the batched passes: an integer, or 'auto' (all usable cores, "
-            f"at most {MAX_AUTO_PROCS}, once a shard holds more than "
-            f"{AUTO_PARALLEL_MIN_BYTES // 2**20} MiB of text, or {AUTO_PARALLEL_MIN_BYTES_COSTLY // 2**20} MiB "
-            "for costly per-document work such as language ID; one process below that, where "
-            "starting workers costs more than it saves)."
+            "Worker processes for the per-document work: an integer, or 'auto' (all usable cores, "
+            f"at most {MAX_AUTO_PROCS}, once the input holds {AUTO_PARALLEL_MIN_BYTES // 2**20} MiB of text, "
+            f"or {AUTO_PARALLEL_MIN_BYTES_COSTLY // 2**20} MiB for costly per-document work such as language "
+            "ID; one process below that, where starting workers costs more than it saves)."
         ),
     )
 
@@ -63,8 +61,9 @@ def shard_size_field(default: int = 50_000) -> Any:
     return Field(
         default, ge=1,
         description=(
-            "Documents per checkpoint shard. Each finished shard is kept in the stage's checkpoint "
-            "directory, so a run that is killed midway redoes only the unfinished shards."
+            "At most this many documents per checkpoint shard (filter, dedup and tokenize also cut shards "
+            "by bytes of text, so workers stay balanced). Each finished shard is kept in the stage's "
+            "checkpoint directory, so a run that is killed midway redoes only the unfinished shards."
         ),
     )
 
@@ -261,26 +260,6 @@ def with_quiet_datasets(run: Callable) -> Callable:
     return wrapper
 
 
-def arrow_map(ds: Any, fn: Callable, scratch: Path, *, num_proc: int = 1, batch_size: int = 1000,
-              fn_kwargs: dict | None = None, remove_columns: list[str] | None = None,
-              features: Any = None, input_columns: list[str] | None = None) -> Any:
-    """``ds.map(fn, batched=True)`` with ``fn`` receiving pyarrow Tables.
-
-    The result is written under ``scratch`` (not next to the input's files,
-    which belong to an upstream artifact) and no function fingerprint is
-    computed (``new_fingerprint``), so nothing is looked up in or written to
-    datasets' global cache."""
-    scratch.mkdir(parents=True, exist_ok=True)
-    src = ds.with_format("arrow", columns=input_columns) if input_columns else ds.with_format("arrow")
-    out = src.map(
-        fn, batched=True, batch_size=batch_size, num_proc=num_proc if num_proc > 1 else None,
-        fn_kwargs=fn_kwargs, remove_columns=remove_columns, features=features,
-        cache_file_name=str(scratch / f"map-{uuid.uuid4().hex}.arrow"),
-        load_from_cache_file=False, new_fingerprint=uuid.uuid4().hex,
-    )
-    return out.with_format(None)
-
-
 def order_metrics(m: dict[str, Any], first: list[str]) -> None:
     """Reorder ``m`` in place: keys (or ``prefix.`` groups) in ``first`` lead,
     so summaries show the informative numbers."""
@@ -381,17 +360,6 @@ def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
     if n == 0:
         return [(0, 0)]
     return [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
-
-
-def save_arrow(ds: Any, path: Path) -> None:
-    """Materialise a (possibly index-mapped) Dataset as one Arrow file that
-    :func:`load_arrow` memory-maps."""
-    from datasets.arrow_writer import ArrowWriter
-
-    with ArrowWriter(features=ds.features, path=str(path)) as w:
-        for batch in ds.with_format("arrow").iter(batch_size=10_000):
-            w.write_table(batch)
-        w.finalize()
 
 
 def load_arrow(path: Path) -> Any:

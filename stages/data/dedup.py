@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 from recipe_runner.artifacts import DATASET, Artifact
 from recipe_runner.stage import Input, Params, Stage, StageContext, StageError
 
-from ._parallel import base_table, map_shards, plan_shards
+from ._parallel import SHARD_LAYOUT, base_table, map_shards, plan_shards
 from ._util import (
     NumProc, ShardStore, artifact_identity, batch_size_field, kept_rows, load_dataset_dict, num_proc_field,
     order_metrics, require_column, resolve_num_proc, save_streamed, shard_size_field, table_nbytes,
@@ -201,7 +201,8 @@ class DedupStage(Stage):
         art = ctx.input("dataset")
         dd = load_dataset_dict(art)
         require_column(dd, p.text_column, "dataset")
-        key = {"stage": "dedup", "v": self.version, "params": p.model_dump(mode="json"), "input": artifact_identity(art)}
+        key = {"stage": "dedup", "v": self.version, "layout": SHARD_LAYOUT, "params": p.model_dump(mode="json"),
+               "input": artifact_identity(art)}
         store = ShardStore(ctx.checkpoint_dir / "dedup-shards", key, ctx.log)
         fn_kwargs = {"text_column": p.text_column, "exact": p.exact, "normalize": p.normalize,
                      "near": p.near_duplicates, "num_perm": p.num_perm, "shingle": p.shingle,

@@ -11,7 +11,7 @@ from pydantic import Field
 from recipe_runner.artifacts import DATASET, Artifact
 from recipe_runner.stage import Input, Params, Stage, StageContext, StageError
 
-from ._parallel import base_table, map_shards, plan_shards
+from ._parallel import SHARD_LAYOUT, base_table, map_shards, plan_shards
 from ._util import (
     AUTO_PARALLEL_MIN_BYTES, AUTO_PARALLEL_MIN_BYTES_COSTLY, NumProc, ShardStore, artifact_identity,
     batch_size_field, kept_rows, load_dataset_dict, num_proc_field, order_metrics, require_column,
@@ -83,7 +83,7 @@ class FilterStage(Stage):
         except Exception as e:  # noqa: BLE001
             raise StageError(f"cannot set up the filters: {type(e).__name__}: {e}") from e
 
-        key = {"stage": "filter", "v": self.version, "params": p.model_dump(mode="json"),
+        key = {"stage": "filter", "v": self.version, "layout": SHARD_LAYOUT, "params": p.model_dump(mode="json"),
                "input": artifact_identity(art)}
         store = ShardStore(ctx.checkpoint_dir / "filter-shards", key, ctx.log)
         tables = {split: base_table(ds) for split, ds in dd.items()}

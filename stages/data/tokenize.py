@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recipe_runner.artifacts import DATASET, TOKENIZED_DATASET, TOKENIZER, Artifact
 from recipe_runner.stage import Input, Params, Stage, StageContext, StageError
 
-from ._parallel import base_table, map_shards, plan_shards
+from ._parallel import SHARD_LAYOUT, base_table, map_shards, plan_shards
 from ._util import (
     NumProc, ShardStore, artifact_identity, batch_size_field, hub_offline, hub_unreachable_reason,
     load_dataset_dict, order_metrics, require_column, resolve_num_proc, save_streamed, shard_size_field,
@@ -260,7 +260,7 @@ class TokenizeStage(Stage):
         eos = tok.eos_token_id if p.add_eos else None
         tok_json = (tok_out / "tokenizer.json")
         tok_key = tok_json.read_text() if tok_json.exists() else origin
-        key = {"stage": "tokenize", "v": self.version, "params": p.model_dump(mode="json"),
+        key = {"stage": "tokenize", "v": self.version, "layout": SHARD_LAYOUT, "params": p.model_dump(mode="json"),
                "input": artifact_identity(art), "tokenizer": tok_key}
         store = ShardStore(ctx.checkpoint_dir / "tokenize-shards", key, ctx.log)
         rust_parallel = os.environ.get("TOKENIZERS_PARALLELISM", "").lower() not in ("false", "0", "no", "off")

@@ -40,10 +40,11 @@ def real_texts(shakespeare_paragraphs, stdlib_sources, data_dir) -> list[str]:
 
 @pytest.fixture()
 def filter_plugin(tmp_path, monkeypatch):
-    """Install (on sys.path) a package with two filters registered in the
+    """Install (on sys.path) a package with three filters registered in the
     entry-point group ``recipe_runner.filters``: ``has_word`` (a class with an
-    Options model) and ``explode`` (a function that raises on documents
-    containing BOOM while the file named by $EXPLODE_FLAG exists)."""
+    Options model), ``explode`` (a function that raises on documents
+    containing BOOM while the file named by $EXPLODE_FLAG exists) and ``die``
+    (ends its process on documents containing DIE while that file exists)."""
     pkg = tmp_path / "plugins"
     pkg.mkdir()
     (pkg / "rr_test_filters.py").write_text(textwrap.dedent('''
@@ -61,6 +62,12 @@ def filter_plugin(tmp_path, monkeypatch):
             def __call__(self, texts):
                 return [self.word in t for t in texts]
 
+        def die(texts):
+            flag = os.environ.get("EXPLODE_FLAG")
+            if flag and os.path.exists(flag) and any("DIE" in t for t in texts):
+                os._exit(3)  # a worker killed outright (as by the OOM killer)
+            return [True] * len(texts)
+
         def explode(texts):
             flag = os.environ.get("EXPLODE_FLAG")
             if flag and os.path.exists(flag) and any("BOOM" in t for t in texts):
@@ -71,7 +78,8 @@ def filter_plugin(tmp_path, monkeypatch):
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: rr-test-filters\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(
-        "[recipe_runner.filters]\nhas_word = rr_test_filters:HasWord\nexplode = rr_test_filters:explode\n")
+        "[recipe_runner.filters]\nhas_word = rr_test_filters:HasWord\nexplode = rr_test_filters:explode\n"
+        "die = rr_test_filters:die\n")
     monkeypatch.syspath_prepend(str(pkg))
     import importlib
 

@@ -1,0 +1,106 @@
+"""The worker-pool path of the data stages (``num_proc`` > 1): the same
+output as one process, shards balanced by bytes, and a failing or killed
+worker reported with its documents while the finished shards are kept."""
+from __future__ import annotations
+
+import pytest
+
+from recipe_runner.stage import StageError
+from recipe_runner.testing import run_stage
+from recipe_runner_stages.data._parallel import plan_shards
+from recipe_runner_stages.data.dedup import DedupStage
+from recipe_runner_stages.data.filter import FilterStage
+from recipe_runner_stages.data.tokenize import TokenizeStage
+
+from data_stage_helpers import load_split, save_texts
+
+
+def _columns(art, split="train"):
+    ds = load_split(art, split)
+    return {c: list(ds[c]) for c in ds.column_names}
+
+
+def test_plan_shards_balances_bytes_and_covers_every_row():
+    import numpy as np
+    import pyarrow as pa
+
+    rng = np.random.default_rng(0)
+    lens = np.concatenate([rng.integers(10, 200, 5000), rng.integers(50_000, 400_000, 60)])  # small docs, then big
+    table = pa.table({"text": ["x" * int(n) for n in lens]})
+    total = int(lens.sum())
+    ranges = plan_shards(table, "text", shard_size=1000, num_proc=2)
+    assert ranges[0][0] == 0 and ranges[-1][1] == len(lens)
+    assert all(a < b for a, b in ranges) and all(b == c for (_, b), (c, _) in zip(ranges, ranges[1:]))
+    assert max(b - a for a, b in ranges) <= 1000
+    target = max(total / 16, 2**20)
+    sizes = [int(lens[a:b].sum()) for a, b in ranges]
+    # a shard exceeds the byte target only by its last document
+    assert all(s - lens[b - 1] < target for s, (a, b) in zip(sizes, ranges))
+    assert plan_shards(pa.table({"text": pa.array([], pa.string())}), "text", 10, 2) == [(0, 0)]
+    assert plan_shards(table, "text", shard_size=10**9, num_proc=1) == [(0, len(lens))]  # < 64 MiB
+
+
+def test_filter_in_workers_equals_one_process(tmp_path, real_texts, shakespeare_paragraphs):
+    val = shakespeare_paragraphs[3000:3300] + ["Ceci n'est pas une pipe, mais un texte en français."] * 3
+    art = save_texts(tmp_path / "in", real_texts, val)
+    params = {"filters": [{"type": "paragraph_length"}, {"type": "paragraph_repetition"},
+                          {"type": "language", "languages": ["en"], "min_score": 0.4}, {"type": "c4"}],
+              "shard_size": 150, "batch_size": 64}
+    one = run_stage(FilterStage, {**params, "num_proc": 1}, inputs={"dataset": art}, workdir=tmp_path / "one")
+    two = run_stage(FilterStage, {**params, "num_proc": 2}, inputs={"dataset": art}, workdir=tmp_path / "two")
+    assert two.metrics["shards_computed"] > 2
+    for split in ("train", "validation"):
+        assert _columns(one.outputs["dataset"], split) == _columns(two.outputs["dataset"], split)
+    strip = lambda m: {k: v for k, v in m.items() if not k.startswith("shards_")}  # noqa: E731
+    assert strip(one.metrics) == strip(two.metrics)
+    assert one.metrics["removed.language"] >= 3 and one.metrics["documents_out"] < one.metrics["documents_in"]
+
+
+def test_dedup_and_tokenize_in_workers_equal_one_process(tmp_path, real_texts, tiny_tokenizer_dir):
+    docs = real_texts + real_texts[:300]  # planted exact duplicates
+    art = save_texts(tmp_path / "in", docs, source=["x"] * len(docs))
+    d1 = run_stage(DedupStage, {"num_proc": 1, "shard_size": 200}, inputs={"dataset": art}, workdir=tmp_path / "d1")
+    d2 = run_stage(DedupStage, {"num_proc": 2, "shard_size": 200}, inputs={"dataset": art}, workdir=tmp_path / "d2")
+    assert d1.metrics["exact_duplicates_removed"] == d2.metrics["exact_duplicates_removed"] >= 300
+    assert _columns(d1.outputs["dataset"]) == _columns(d2.outputs["dataset"])
+    tok = {"tokenizer": str(tiny_tokenizer_dir), "shard_size": 250, "batch_size": 40}
+    t1 = run_stage(TokenizeStage, {**tok, "num_proc": 1}, inputs={"dataset": d1.outputs["dataset"]},
+                   workdir=tmp_path / "t1")
+    t2 = run_stage(TokenizeStage, {**tok, "num_proc": 2}, inputs={"dataset": d1.outputs["dataset"]},
+                   workdir=tmp_path / "t2")
+    c1, c2 = _columns(t1.outputs["dataset"]), _columns(t2.outputs["dataset"])
+    assert c1 == c2 and set(c1) == {"source", "input_ids", "num_tokens"}
+    assert t1.metrics["num_tokens"] == t2.metrics["num_tokens"] == sum(c1["num_tokens"])
+
+
+def test_failing_worker_names_documents_and_keeps_finished_shards(tmp_path, filter_plugin, shakespeare_paragraphs,
+                                                                 monkeypatch):
+    docs = list(shakespeare_paragraphs[:1000])
+    docs[650] = docs[650] + "\nBOOM"
+    art = save_texts(tmp_path / "in", docs)
+    flag = tmp_path / "explode.flag"
+    flag.write_text("")
+    monkeypatch.setenv("EXPLODE_FLAG", str(flag))
+    params = {"filters": [{"type": "plugin", "plugin": "explode"}], "shard_size": 100, "num_proc": 2}
+    with pytest.raises(StageError, match=r"documents 600\.\.699: RuntimeError: planted failure"):
+        run_stage(FilterStage, params, inputs={"dataset": art}, workdir=tmp_path / "w")
+    flag.unlink()
+    r = run_stage(FilterStage, params, inputs={"dataset": art}, workdir=tmp_path / "w")
+    assert r.metrics["shards_reused"] >= 1 and r.metrics["shards_reused"] + r.metrics["shards_computed"] == 10
+    assert r.metrics["documents_out"] == 1000
+
+
+def test_killed_worker_is_an_error_not_a_hang(tmp_path, filter_plugin, shakespeare_paragraphs, monkeypatch):
+    docs = list(shakespeare_paragraphs[:600])
+    docs[420] = docs[420] + "\nDIE"
+    art = save_texts(tmp_path / "in", docs)
+    flag = tmp_path / "explode.flag"
+    flag.write_text("")
+    monkeypatch.setenv("EXPLODE_FLAG", str(flag))
+    params = {"filters": [{"type": "plugin", "plugin": "die"}], "shard_size": 100, "num_proc": 2}
+    with pytest.raises(StageError, match="filtering failed.*BrokenProcessPool"):
+        run_stage(FilterStage, params, inputs={"dataset": art}, workdir=tmp_path / "w")
+    flag.unlink()
+    r = run_stage(FilterStage, params, inputs={"dataset": art}, workdir=tmp_path / "w")
+    assert r.metrics["documents_out"] == 600
+    assert not list((tmp_path / "w" / "checkpoint" / "filter-shards").glob(".tmp-*"))
