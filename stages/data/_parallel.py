@@ -71,7 +71,18 @@ def plan_shards(table: Any, column: str, shard_size: int, num_proc: int) -> list
 
 def _run_job(job: tuple) -> dict[str, Any]:
     fn, split, a, b, tmp, kwargs = job
+    Path(tmp).mkdir(parents=True)
     return fn(_FORKED[split].slice(a, b - a), Path(tmp), **kwargs) or {}
+
+
+def _terminate(pool: Any) -> None:
+    """Stop a ProcessPoolExecutor's workers at once (``terminate_workers`` is Python 3.14+)."""
+    if hasattr(pool, "terminate_workers"):
+        pool.terminate_workers()
+        return
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        proc.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def map_shards(store: Any, tables: dict[str, Any], shards: list[tuple[str, str, int, int]],
@@ -120,28 +131,33 @@ def map_shards(store: Any, tables: dict[str, Any], shards: list[tuple[str, str, 
     _FORKED.clear()
     _FORKED.update(tables)
     error: tuple | None = None
+    pool = ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("fork"))
+    futures: dict[Any, tuple] = {}
     try:
-        with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("fork")) as pool:
-            futures = {}
-            for name, split, a, b in todo:
-                tmp = store.begin(name)
-                futures[pool.submit(_run_job, (fn, split, a, b, str(tmp), {**kwargs, **per_split.get(split, {})}))] = (name, split, a, b, tmp)
-            for fut in as_completed(futures):
-                name, split, a, b, tmp = futures[fut]
-                if fut.cancelled():
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    continue
-                try:
-                    meta = fut.result()
-                except Exception as e:  # noqa: BLE001 - reported after the running shards finish
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    if error is None:
-                        error = (split, a, b, e)
-                        for other in futures:
-                            other.cancel()
-                    continue
-                store.finish(name, tmp, meta)
-                on_done(name, meta, b - a)
+        for name, split, a, b in todo:
+            tmp = store.tmp_path(name)
+            job = (fn, split, a, b, str(tmp), {**kwargs, **per_split.get(split, {})})
+            futures[pool.submit(_run_job, job)] = (name, split, a, b, tmp)
+        for fut in as_completed(futures):
+            name, split, a, b, tmp = futures[fut]
+            if fut.cancelled():
+                continue
+            try:
+                meta = fut.result()
+            except Exception as e:  # noqa: BLE001 - reported once the running shards finish
+                if error is None:
+                    error = (split, a, b, e)
+                    for other in futures:
+                        other.cancel()
+                continue
+            store.finish(name, tmp, meta)
+            on_done(name, meta, b - a)
+        pool.shutdown()
+    except BaseException:  # Ctrl-C (or a failing on_done): stop the workers now, keep what is finished
+        for f in futures:
+            f.cancel()
+        _terminate(pool)
+        raise
     finally:
         _FORKED.clear()
         for child in store.root.glob(".tmp-*"):

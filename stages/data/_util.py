@@ -333,9 +333,13 @@ class ShardStore:
         shutil.rmtree(self.root / ".scratch", ignore_errors=True)
         return meta
 
+    def tmp_path(self, name: str) -> Path:
+        """A fresh temporary directory name for shard ``name`` (not created; see :meth:`finish`)."""
+        return self.root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+
     def begin(self, name: str) -> Path:
         """A fresh temporary directory for shard ``name`` (see :meth:`finish`)."""
-        tmp = self.root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+        tmp = self.tmp_path(name)
         tmp.mkdir(parents=True)
         return tmp
 

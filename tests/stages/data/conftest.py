@@ -40,11 +40,12 @@ def real_texts(shakespeare_paragraphs, stdlib_sources, data_dir) -> list[str]:
 
 @pytest.fixture()
 def filter_plugin(tmp_path, monkeypatch):
-    """Install (on sys.path) a package with three filters registered in the
+    """Install (on sys.path) a package with four filters registered in the
     entry-point group ``recipe_runner.filters``: ``has_word`` (a class with an
     Options model), ``explode`` (a function that raises on documents
     containing BOOM while the file named by $EXPLODE_FLAG exists) and ``die``
-    (ends its process on documents containing DIE while that file exists)."""
+    (ends its process on documents containing DIE while that file exists) and
+    ``slow`` (keeps everything after 0.2 s per batch)."""
     pkg = tmp_path / "plugins"
     pkg.mkdir()
     (pkg / "rr_test_filters.py").write_text(textwrap.dedent('''
@@ -61,6 +62,11 @@ def filter_plugin(tmp_path, monkeypatch):
 
             def __call__(self, texts):
                 return [self.word in t for t in texts]
+
+        def slow(texts):
+            import time
+            time.sleep(0.2)
+            return [True] * len(texts)
 
         def die(texts):
             flag = os.environ.get("EXPLODE_FLAG")
@@ -79,7 +85,7 @@ def filter_plugin(tmp_path, monkeypatch):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: rr-test-filters\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(
         "[recipe_runner.filters]\nhas_word = rr_test_filters:HasWord\nexplode = rr_test_filters:explode\n"
-        "die = rr_test_filters:die\n")
+        "die = rr_test_filters:die\nslow = rr_test_filters:slow\n")
     monkeypatch.syspath_prepend(str(pkg))
     import importlib
 

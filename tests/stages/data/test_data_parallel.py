@@ -104,3 +104,53 @@ def test_killed_worker_is_an_error_not_a_hang(tmp_path, filter_plugin, shakespea
     r = run_stage(FilterStage, params, inputs={"dataset": art}, workdir=tmp_path / "w")
     assert r.metrics["documents_out"] == 600
     assert not list((tmp_path / "w" / "checkpoint" / "filter-shards").glob(".tmp-*"))
+
+
+INTERRUPTED = '''
+import sys
+from recipe_runner.artifacts import Artifact
+from recipe_runner.testing import run_stage
+from recipe_runner_stages.data.filter import FilterStage
+r = run_stage(FilterStage, {"filters": [{"type": "plugin", "plugin": "slow"}], "shard_size": 50, "batch_size": 25,
+                            "num_proc": 2}, inputs={"dataset": Artifact("dataset", sys.argv[1])}, workdir=sys.argv[2])
+print("DONE", r.metrics["shards_reused"], r.metrics["shards_computed"])
+'''
+
+
+def test_ctrl_c_stops_the_workers_at_once_and_keeps_finished_shards(tmp_path, filter_plugin,
+                                                                     shakespeare_paragraphs):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    art = save_texts(tmp_path / "in", list(shakespeare_paragraphs[:3000]))  # 60 shards of ~0.4 s
+    script = tmp_path / "run.py"
+    script.write_text(INTERRUPTED)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(filter_plugin), os.environ.get("PYTHONPATH", "")])}
+    work = tmp_path / "w"
+    shards = work / "checkpoint" / "filter-shards"
+    proc = subprocess.Popen([sys.executable, str(script), str(art.path), str(work)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(shards.glob("train-*/meta.json"))) < 3:
+        time.sleep(0.05)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) >= 2, "the pool's workers should be running"
+    proc.send_signal(signal.SIGINT)  # to the stage's process only, as a supervisor would
+    t0 = time.time()
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    assert time.time() - t0 < 3, "the interrupted stage waited for its queued shards"
+    time.sleep(0.5)
+    alive = [w for w in workers if os.path.exists(f"/proc/{w}") and
+             "zombie" not in open(f"/proc/{w}/status").read().lower()]
+    assert not alive, f"workers left running: {alive}"
+    finished = len(list(shards.glob("train-*/meta.json")))
+    assert 3 <= finished < 40
+    out = subprocess.run([sys.executable, str(script), str(art.path), str(work)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    reused, computed = map(int, out.stdout.split()[-2:])
+    assert reused == finished and reused + computed == 60
