@@ -20,7 +20,9 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 from recipe_runner.artifacts import DATASET, Artifact
 from recipe_runner.stage import Params, Stage, StageContext, StageError
 
-from ._util import ShardStore, load_arrow, order_metrics, with_quiet_datasets, save_dataset_dict
+from ._util import (
+    ShardStore, kept_rows, load_arrow, order_metrics, save_dataset_dict, save_streamed, with_quiet_datasets,
+)
 
 FILES_PER_SHARD = 500
 WRITE_BATCH_DOCS = 1000
@@ -646,12 +648,19 @@ class SourceStage(Stage):
         if p.shuffle:
             mixed = mixed.shuffle(seed=seed)
         train_idx, val_idx = split_indices(len(mixed), p.validation, rng)
-        splits = {"train": mixed if val_idx is None else mixed.select(train_idx)}
-        if val_idx is not None:
-            splits["validation"] = mixed.select(val_idx)
-
         out = ctx.output_path("dataset")
-        save_dataset_dict(splits, out)
+        if val_idx is None:
+            splits = {"train": mixed}
+            save_dataset_dict(splits, out)
+        elif getattr(mixed, "_indices", None) is None:  # rows in place: split by masks in one sequential pass
+            is_val = np.zeros(len(mixed), dtype=bool)
+            is_val[val_idx] = True
+            table = mixed.data.table
+            splits = save_streamed({"train": (mixed, kept_rows(table, ~is_val)),
+                                    "validation": (mixed, kept_rows(table, is_val))}, out)
+        else:  # sampled or shuffled: gather
+            splits = {"train": mixed.select(train_idx), "validation": mixed.select(val_idx)}
+            save_dataset_dict(splits, out)
         m = ctx.metrics
         m.update({k: v for k, v in totals.items()})
         for name, n, k in zip(names, avail, counts):
