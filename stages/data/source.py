@@ -2,7 +2,7 @@
 several sources by counts or weights, and split off a seeded validation set.
 
 Output: a ``dataset`` artifact (DatasetDict with "train" and, when asked,
-"validation"; columns "text" and "source").
+"validation"; columns "text", "source" and any ``keep_columns``).
 """
 from __future__ import annotations
 
@@ -53,6 +53,22 @@ class _Spec(BaseModel):
         None, gt=0,
         description=("Mixing weight: the source's share of the stage's 'total' documents. Either every source has a "
                      "weight or none has; weights and counts are not mixed."))
+    keep_columns: list[str] = Field(
+        default_factory=list,
+        description=("Columns of JSON/Parquet/CSV/hub data kept next to 'text' and 'source' with their types (e.g. "
+                     "['url', 'id']); later stages carry them along. Where sources are mixed, a source without one "
+                     "of the kept columns gets nulls."))
+
+    @field_validator("keep_columns")
+    @classmethod
+    def _check_keep(cls, v: list[str]) -> list[str]:
+        reserved = {"text", "source"} & set(v)
+        if reserved:
+            raise ValueError(f"{sorted(reserved)} cannot be kept: 'text' and 'source' are the stage's own columns "
+                             "(the text column is chosen with 'text_column')")
+        if len(set(v)) != len(v):
+            raise ValueError("keep_columns lists a column twice")
+        return v
 
 
 class FilesSource(_Spec):
@@ -275,53 +291,93 @@ def split_text(text: str, spec: FilesSource) -> list[str]:
 
 
 class _Writer:
-    """Buffers documents and writes them to one Arrow file in batches."""
+    """Buffers documents and writes them to one Arrow file in batches.
 
-    def __init__(self, path: Path, source: str):
-        from datasets import Features, Value
-        from datasets.arrow_writer import ArrowWriter
+    Columns: ``text``, ``source`` and the kept columns, whose features are
+    set (by :meth:`keep`) from the first structured data read."""
 
-        self.w = ArrowWriter(features=Features({"text": Value("string"), "source": Value("string")}), path=str(path))
+    def __init__(self, path: Path, source: str, keep_columns: list[str]):
+        self.path = path
         self.source = source
+        self.keep_columns = keep_columns
+        self.extra: Any = None  # Features of the kept columns, once known
+        self.w: Any = None
         self.buf: list[str] = []
+        self.extra_buf: dict[str, list[Any]] = {c: [] for c in keep_columns}
         self.chars = 0
         self.rows = 0
         self.total_chars = 0
 
-    def add(self, texts: list[str]) -> None:
-        for t in texts:
+    def keep(self, features: Any, what: str) -> None:
+        """The kept columns' features, from data ``what`` holding them."""
+        from datasets import Features
+
+        missing = [c for c in self.keep_columns if c not in features]
+        if missing:
+            raise StageError(f"source {self.source!r}: {what} has no column(s) {missing} named in keep_columns "
+                             f"(its columns: {list(features)})")
+        extra = Features({c: features[c] for c in self.keep_columns})
+        if self.extra is not None and extra != self.extra:
+            raise StageError(f"source {self.source!r}: the kept columns of {what} have other types ({extra}) than "
+                             f"in the files read before ({self.extra})")
+        self.extra = extra
+
+    def _writer(self) -> Any:
+        if self.w is None:
+            from datasets import Features, Value
+            from datasets.arrow_writer import ArrowWriter
+
+            if self.keep_columns and self.extra is None:
+                raise StageError(f"source {self.source!r}: keep_columns applies to JSON/Parquet/CSV/hub data, "
+                                 "and this source has text files")
+            features = Features({"text": Value("string"), "source": Value("string"), **(self.extra or {})})
+            self.w = ArrowWriter(features=features, path=str(self.path))
+        return self.w
+
+    def add(self, texts: list[str], extras: dict[str, list[Any]] | None = None) -> None:
+        for i, t in enumerate(texts):
             self.buf.append(t)
+            for c in self.keep_columns:
+                self.extra_buf[c].append(extras[c][i] if extras else None)
             self.chars += len(t)
             if len(self.buf) >= WRITE_BATCH_DOCS or self.chars >= WRITE_BATCH_CHARS:
                 self.flush()
 
-    def add_table(self, texts: Any) -> None:
-        """Append a pyarrow string array of documents."""
+    def add_table(self, texts: Any, extras: dict[str, Any] | None = None) -> None:
+        """Append a pyarrow string array of documents (and arrays of the kept columns)."""
         import pyarrow as pa
+        import pyarrow.compute as pc
 
         self.flush()
         n = len(texts)
         if n:
-            self.w.write_table(pa.table({"text": texts, "source": pa.array([self.source] * n, pa.string())}))
+            cols = {"text": texts, "source": pa.array([self.source] * n, pa.string()), **(extras or {})}
+            self._writer().write_table(pa.table(cols))
             self.rows += n
-            import pyarrow.compute as pc
-
             self.total_chars += int(pc.sum(pc.utf8_length(texts)).as_py() or 0)
 
     def flush(self) -> None:
         if self.buf:
-            self.w.write_batch({"text": self.buf, "source": [self.source] * len(self.buf)})
+            self._writer().write_batch({"text": self.buf, "source": [self.source] * len(self.buf), **self.extra_buf})
             self.rows += len(self.buf)
             self.total_chars += self.chars
             self.buf, self.chars = [], 0
+            self.extra_buf = {c: [] for c in self.keep_columns}
 
     def close(self) -> None:
         self.flush()
-        self.w.finalize()
-        self.w.close()
+        w = self._writer() if not self.keep_columns or self.extra is not None or self.rows else None
+        if w is None:  # kept columns of unknown type and nothing read: an empty file of the base columns
+            self.keep_columns = []
+            w = self._writer()
+        w.finalize()
+        w.close()
 
 
 def _read_text_files(files: list[Path], spec: FilesSource, writer: _Writer, stats: dict[str, Any], log: Any) -> None:
+    if spec.keep_columns:
+        raise StageError(f"source {writer.source!r}: keep_columns applies to JSON/Parquet/CSV/hub data, and "
+                         f"{files[0]} is read as text (set 'format' if it is structured data)")
     for path in files:
         try:
             raw = _read_bytes(path)
@@ -411,20 +467,25 @@ def _write_columnar(ds: Any, spec: _Spec, writer: _Writer, stats: dict[str, Any]
         raise StageError(
             f"source {writer.source!r}: {what} has no column {col!r} (columns: {ds.column_names}); "
             "set 'text_column' to the column holding the text")
-    for batch in ds.with_format("arrow", columns=[col]).iter(batch_size=10_000):
+    kept = spec.keep_columns
+    if kept:
+        writer.keep(ds.features, what)
+    for batch in ds.with_format("arrow", columns=[col, *[c for c in kept if c != col]]).iter(batch_size=10_000):
         arr = batch.column(col).combine_chunks()
         if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
             raise StageError(f"source {writer.source!r}: column {col!r} of {what} holds {arr.type}, not text")
         arr = arr.cast(pa.string())
+        extras = {c: batch.column(c).combine_chunks() for c in kept}
         keep = pc.and_(pc.is_valid(arr), pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(arr.fill_null(""))), 0))
-        n_bad = len(arr) - int(pc.sum(keep).as_py() or 0)
-        stats["skipped_empty_documents"] += n_bad
-        arr = pc.filter(arr, keep)
         if spec.max_chars is not None:
-            short = pc.less_equal(pc.utf8_length(arr), spec.max_chars)
-            stats["skipped_long_documents"] += len(arr) - int(pc.sum(short).as_py() or 0)
-            arr = pc.filter(arr, short)
-        writer.add_table(arr)
+            n_ok = int(pc.sum(keep).as_py() or 0)
+            short = pc.less_equal(pc.utf8_length(arr.fill_null("")), spec.max_chars)
+            keep = pc.and_(keep, short)
+            stats["skipped_long_documents"] += n_ok - int(pc.sum(keep).as_py() or 0)
+            stats["skipped_empty_documents"] += len(arr) - n_ok
+        else:
+            stats["skipped_empty_documents"] += len(arr) - int(pc.sum(keep).as_py() or 0)
+        writer.add_table(pc.filter(arr, keep), {c: pc.filter(a, keep) for c, a in extras.items()})
 
 
 def _read_hub(spec: HubSource, writer: _Writer, stats: dict[str, Any], log: Any) -> None:
@@ -452,7 +513,13 @@ def _read_hub(spec: HubSource, writer: _Writer, stats: dict[str, Any], log: Any)
         if spec.take:
             ds = ds.take(spec.take)
         col = spec.text_column
+        if spec.keep_columns:
+            if ds.features is None:
+                raise StageError(f"source {writer.source!r}: the streamed hub dataset {spec.dataset!r} does not "
+                                 "declare its features, so keep_columns cannot type them; set streaming: false")
+            writer.keep(ds.features, f"the hub dataset {spec.dataset!r}")
         buf: list[str] = []  # flushed every WRITE_BATCH_DOCS rows: memory stays bounded
+        extras: dict[str, list[Any]] = {c: [] for c in spec.keep_columns}
         for row in ds:
             if col not in row:
                 raise StageError(f"source {writer.source!r}: the hub dataset has no column {col!r} "
@@ -465,10 +532,12 @@ def _read_hub(spec: HubSource, writer: _Writer, stats: dict[str, Any], log: Any)
                 stats["skipped_long_documents"] += 1
                 continue
             buf.append(t)
+            for c in spec.keep_columns:
+                extras[c].append(row.get(c))
             if len(buf) >= WRITE_BATCH_DOCS:
-                writer.add(buf)
-                buf = []
-        writer.add(buf)
+                writer.add(buf, extras)
+                buf, extras = [], {c: [] for c in spec.keep_columns}
+        writer.add(buf, extras)
     else:
         if spec.take:
             ds = ds.select(range(min(spec.take, len(ds))))
@@ -476,6 +545,32 @@ def _read_hub(spec: HubSource, writer: _Writer, stats: dict[str, Any], log: Any)
 
 
 # ------------------------------------------------------------------ mixing
+
+
+def _align_columns(parts: list[Any], names: list[str]) -> list[Any]:
+    """Give every source the same columns (text, source, then each kept
+    column in order of first appearance; nulls where a source lacks one)."""
+    import pyarrow as pa
+    from datasets import Features
+
+    union: dict[str, Any] = {}
+    for name, d in zip(names, parts):
+        for c, f in d.features.items():
+            if c in ("text", "source"):
+                continue
+            if c in union and union[c] != f:
+                raise StageError(f"the kept column {c!r} has type {f} in source {name!r} but {union[c]} in an "
+                                 "earlier source; keep it from sources that agree, or convert the data")
+            union.setdefault(c, f)
+    if not union:
+        return parts
+    out = []
+    for d in parts:
+        for c, f in union.items():
+            if c not in d.column_names:
+                d = d.add_column(c, pa.nulls(len(d), Features({c: f}).arrow_schema.field(c).type), feature=f)
+        out.append(d.select_columns(["text", "source", *union]))
+    return out
 
 
 def plan_counts(avail: list[int], params: SourceParams) -> list[int]:
@@ -599,7 +694,7 @@ class SourceStage(Stage):
 
                 def write(tmp: Path, spec: Any = spec, payload: Any = payload, i: int = i) -> dict[str, Any]:
                     stats: dict[str, Any] = {c: 0 for c in counters}
-                    writer = _Writer(tmp / "data.arrow", names[i])
+                    writer = _Writer(tmp / "data.arrow", names[i], spec.keep_columns)
                     try:
                         if isinstance(spec, HubSource):
                             _read_hub(spec, writer, stats, ctx.log)
@@ -630,6 +725,7 @@ class SourceStage(Stage):
             ctx.log.warning("skipped %d file(s) that are not valid text in their encoding: %s", len(skipped_names), shown)
 
         per_source = [concatenate_datasets(parts[i]) if len(parts[i]) > 1 else parts[i][0] for i in range(len(p.sources))]
+        per_source = _align_columns(per_source, names)
         avail = [len(d) for d in per_source]
         for name, n in zip(names, avail):
             if n == 0:
