@@ -49,12 +49,17 @@ def plan_shards(table: Any, column: str, shard_size: int, num_proc: int) -> list
     document allows it, about ``total_bytes / (SHARDS_PER_PROC * num_proc)``
     bytes of ``column`` (1 to 64 MiB; 64 MiB for one process)."""
     import numpy as np
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     n = table.num_rows
     if n == 0:
         return [(0, 0)]
-    lens = pc.binary_length(table.column(column)).fill_null(0).to_numpy()
+    col = table.column(column)
+    if not any(f(col.type) for f in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary,
+                                      pa.types.is_large_binary)):
+        return [(a, min(a + shard_size, n)) for a in range(0, n, shard_size)]  # not text: by count
+    lens = pc.binary_length(col).fill_null(0).to_numpy()
     cum = np.cumsum(lens, dtype=np.int64)
     target = MAX_SHARD_BYTES if num_proc <= 1 else \
         int(min(max(cum[-1] / (SHARDS_PER_PROC * num_proc), MIN_SHARD_BYTES), MAX_SHARD_BYTES))

@@ -122,13 +122,21 @@ def load_dataset_dict(art: Any, what: str = "dataset") -> Any:
     return DatasetDict({s: data[s] for s in ordered_splits(data.keys())})
 
 
-def require_column(dd: Any, column: str, what: str, param: str = "text_column") -> None:
+def require_column(dd: Any, column: str, what: str, param: str = "text_column", text: bool = False) -> None:
+    """Every split has ``column`` (holding strings, with ``text``)."""
     for split, ds in dd.items():
         if column not in ds.column_names:
             raise StageError(
                 f"the input {what}'s split {split!r} has no column {column!r} "
                 f"(its columns: {ds.column_names}); set the parameter {param!r} to the column to use"
             )
+        if text:
+            import pyarrow as pa
+
+            t = ds.data.schema.field(column).type
+            if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+                raise StageError(f"the input {what}'s column {column!r} (split {split!r}) holds {t}, not text; "
+                                 f"set the parameter {param!r} to the column holding the text")
 
 
 def save_dataset_dict(splits: dict[str, Any], path: Path, num_proc: int | None = None) -> None:

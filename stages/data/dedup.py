@@ -200,7 +200,7 @@ class DedupStage(Stage):
         p: DedupParams = ctx.params  # type: ignore[assignment]
         art = ctx.input("dataset")
         dd = load_dataset_dict(art)
-        require_column(dd, p.text_column, "dataset")
+        require_column(dd, p.text_column, "dataset", text=True)
         key = {"stage": "dedup", "v": self.version, "layout": SHARD_LAYOUT, "params": p.model_dump(mode="json"),
                "input": artifact_identity(art)}
         store = ShardStore(ctx.checkpoint_dir / "dedup-shards", key, ctx.log)

@@ -68,7 +68,7 @@ class FilterStage(Stage):
         p: FilterParams = ctx.params  # type: ignore[assignment]
         art = ctx.input("dataset")
         dd = load_dataset_dict(art)
-        require_column(dd, p.text_column, "dataset")
+        require_column(dd, p.text_column, "dataset", text=True)
         names = p.filter_names()
         specs_json = json.dumps([f.model_dump(mode="json") for f in p.filters])
         modifies = any(f.type in TEXT_MODIFYING for f in p.filters)

@@ -212,7 +212,7 @@ class TokenizeStage(Stage):
         p: TokenizeParams = ctx.params  # type: ignore[assignment]
         art = ctx.input("dataset")
         dd = load_dataset_dict(art)
-        require_column(dd, p.text_column, "dataset")
+        require_column(dd, p.text_column, "dataset", text=True)
         upstream = ctx.inputs.get("tokenizer")
 
         # 1. the tokenizer (saved first: the workers load it from the output dir)

@@ -239,3 +239,9 @@ def test_a_10_mb_single_line_is_filtered_not_a_crash(tmp_path, prose):
     kept, m = run_filter(tmp_path, [big, prose], [{"type": "paragraph_length"}, {"type": "length", "max_chars": 10**6}])
     assert kept == [prose]
     assert m["reasons.paragraph_length.too_few_lines"] == 1
+
+
+def test_a_text_column_that_holds_no_text_is_a_clear_error(tmp_path):
+    art = save_texts(tmp_path / "in", ["a document"] * 3, n=[1, 2, 3])
+    with pytest.raises(StageError, match=r"column 'n' \(split 'train'\) holds int64, not text"):
+        run_stage(FilterStage, {"text_column": "n"}, inputs={"dataset": art}, workdir=tmp_path / "w")
