@@ -245,3 +245,28 @@ def test_a_text_column_that_holds_no_text_is_a_clear_error(tmp_path):
     art = save_texts(tmp_path / "in", ["a document"] * 3, n=[1, 2, 3])
     with pytest.raises(StageError, match=r"column 'n' \(split 'train'\) holds int64, not text"):
         run_stage(FilterStage, {"text_column": "n"}, inputs={"dataset": art}, workdir=tmp_path / "w")
+
+
+def test_language_filter_defaults_keep_what_the_course_keeps(tmp_path, shakespeare_paragraphs, stdlib_sources):
+    """The course's is_english (lesson 2), verbatim but for the model path and
+    score[0] (fasttext-predict returns a tuple), against the filter with its
+    defaults, on real text where joining lines with '' or ' ' changes ~2% of
+    the decisions."""
+    from fasttext.FastText import _FastText
+
+    from recipe_runner_stages.data.filters import shipped_langid_model
+
+    model = _FastText(shipped_langid_model())
+
+    def is_english(x):
+        # Predict language of the text and probability
+        language, score = model.predict(x['text'].replace("\n", ""))
+        language = language[0].split("__")[2]
+        return score[0] > 0.4 and language == "en"  # change code here if building a model in another language
+
+    texts = list(shakespeare_paragraphs[:3000]) + list(stdlib_sources)
+    course = [t for t in texts if is_english({"text": t})]
+    kept, m = run_filter(tmp_path, texts, [{"type": "language"}])
+    assert kept == course
+    spaced, _ = run_filter(tmp_path / "spaced", texts, [{"type": "language", "join_lines_with": " "}])
+    assert spaced != course  # the join matters on this text, so the default is what makes them equal
