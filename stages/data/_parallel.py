@@ -80,6 +80,23 @@ def _run_job(job: tuple) -> dict[str, Any]:
     return fn(_FORKED[split].slice(a, b - a), Path(tmp), **kwargs) or {}
 
 
+def _child_init() -> None:
+    """In a forked worker, log through plain stderr handlers: a rich handler's
+    console lock may have been held by the parent's display thread at the
+    moment of the fork, and no thread in the child would ever release it."""
+    import logging
+
+    for name in (None, "recipe_runner"):
+        logger = logging.getLogger(name)
+        for h in list(logger.handlers):
+            if type(h).__module__.split(".")[0] == "rich":
+                plain = logging.StreamHandler(sys.stderr)
+                plain.setLevel(h.level)
+                plain.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", "%H:%M:%S"))
+                logger.removeHandler(h)
+                logger.addHandler(plain)
+
+
 def _terminate(pool: Any) -> None:
     """Stop a ProcessPoolExecutor's workers at once (``terminate_workers`` is Python 3.14+)."""
     if hasattr(pool, "terminate_workers"):
@@ -136,7 +153,7 @@ def map_shards(store: Any, tables: dict[str, Any], shards: list[tuple[str, str, 
     _FORKED.clear()
     _FORKED.update(tables)
     error: tuple | None = None
-    pool = ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("fork"))
+    pool = ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("fork"), initializer=_child_init)
     futures: dict[Any, tuple] = {}
     try:
         for name, split, a, b in todo:

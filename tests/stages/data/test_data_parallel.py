@@ -154,3 +154,27 @@ def test_ctrl_c_stops_the_workers_at_once_and_keeps_finished_shards(tmp_path, fi
     assert out.returncode == 0, out.stderr[-2000:]
     reused, computed = map(int, out.stdout.split()[-2:])
     assert reused == finished and reused + computed == 60
+
+
+def test_forked_workers_log_without_the_rich_console():
+    """A worker must not log through the parent's rich console (whose lock the
+    parent's display thread may hold at the fork); it gets a plain handler."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    from recipe_runner_stages.data._parallel import _child_init
+
+    logger = logging.getLogger("recipe_runner")
+    before = list(logger.handlers)
+    rich = RichHandler(level=logging.WARNING)
+    logger.addHandler(rich)
+    try:
+        _child_init()
+        assert rich not in logger.handlers
+        plain = [h for h in logger.handlers if h not in before]
+        assert len(plain) == 1 and type(plain[0]) is logging.StreamHandler and plain[0].level == logging.WARNING
+    finally:
+        for h in list(logger.handlers):
+            if h not in before:
+                logger.removeHandler(h)
