@@ -50,6 +50,30 @@ def params_rows(model: type[BaseModel]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+#: a string holding a ``${...}`` reference (vars, paths, env): valid wherever a value goes, since the
+#: recipe loader substitutes it before the parameters are checked
+VAR_REF = {"type": "string", "pattern": r"\$\{[^}]+\}", "description": "a ${vars.NAME} / ${paths.NAME} / "
+           "${env.NAME} reference, substituted before validation"}
+
+
+def _allow_refs(node: Any) -> Any:
+    """Let every property, array item and mapping value of a JSON schema also
+    be a ``${...}`` reference (editors would otherwise flag valid recipes)."""
+    if isinstance(node, list):
+        return [_allow_refs(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _allow_refs(v) for k, v in node.items()}
+    wrap = lambda sub: sub if sub == {"$ref": "#/$defs/VarRef"} else {"anyOf": [sub, {"$ref": "#/$defs/VarRef"}]}  # noqa: E731
+    if isinstance(out.get("properties"), dict):
+        out["properties"] = {k: wrap(v) for k, v in out["properties"].items()}
+    if isinstance(out.get("items"), dict):
+        out["items"] = wrap(out["items"])
+    if isinstance(out.get("additionalProperties"), dict):
+        out["additionalProperties"] = wrap(out["additionalProperties"])
+    return out
+
+
 def recipe_json_schema(registry: Registry | None = None) -> dict[str, Any]:
     """JSON Schema of a recipe; each stage entry's `params` is checked against
     its plugin's parameter model (selected by `type`)."""
@@ -64,7 +88,8 @@ def recipe_json_schema(registry: Registry | None = None) -> dict[str, Any]:
         except PluginError:
             continue
         ps = cls.Params.model_json_schema(ref_template="#/$defs/{model}")
-        defs.update(ps.pop("$defs", {}))
+        defs.update({k: _allow_refs(v) for k, v in ps.pop("$defs", {}).items()})
+        ps = _allow_refs(ps)
         entry = json.loads(json.dumps(stage_base))
         entry.pop("title", None)
         entry["properties"]["type"] = {"const": name, "description": (cls.description or "")[:200]}
@@ -72,10 +97,16 @@ def recipe_json_schema(registry: Registry | None = None) -> dict[str, Any]:
         entry["required"] = ["type"]
         entry["title"] = f"stage {name}"
         variants.append(entry)
+    variants.append({"title": "removal of a base stage", "type": "object", "additionalProperties": False,
+                     "required": ["name", "remove"],
+                     "properties": {"name": stage_base["properties"]["name"],
+                                    "remove": {"const": True, "description": stage_base["properties"]["remove"].get(
+                                        "description", "")}}})
     base["properties"]["stages"] = {"type": "array", "minItems": 1, "items": {"oneOf": variants},
                                     "description": "ordered list of stages"}
     base["$defs"] = {**base.get("$defs", {}), **defs}
     base["$defs"].pop("StageSpec", None)
+    base["$defs"]["VarRef"] = VAR_REF
     base["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     base["title"] = "recipe-runner recipe"
     return base

@@ -35,6 +35,7 @@ class StageSpec(BaseModel):
                                    description="input slot -> earlier stage name (or 'stage.output')")
     after: str | None = Field(None, description="with extends: insert this new stage after the named base stage")
     before: str | None = Field(None, description="with extends: insert this new stage before the named base stage")
+    remove: bool = Field(False, description="with extends: drop the base stage of this name (the entry needs only `name`)")
 
 
 class RecipeSpec(BaseModel):
@@ -154,7 +155,8 @@ def deep_merge(base: Any, over: Any) -> Any:
 
 def merge_stages(base: list, over: list, problems: list[Problem]) -> LocList:
     """Stages merge by name: a child entry with a base stage's name deep-merges
-    into it; a new one is appended, or placed by ``after:`` / ``before:``."""
+    into it (or drops it, with ``remove: true``); a new one is appended, or
+    placed by ``after:`` / ``before:``."""
     out = LocList(base)
     out.locs = list(getattr(base, "locs", [None] * len(base)))
     out.loc = getattr(base, "loc", None)
@@ -162,6 +164,15 @@ def merge_stages(base: list, over: list, problems: list[Problem]) -> LocList:
     for i, entry in enumerate(over):
         key = _stage_key(entry)
         idx = next((j for j, b in enumerate(out) if _stage_key(b) == key), None)
+        if isinstance(entry, dict) and entry.get("remove") is True:
+            if idx is None:
+                loc = over_locs[i] or (None, None, None)
+                problems.append(Problem(f"remove: no base stage named '{key}'", loc[0], loc[1], loc[2],
+                                        stage=str(key), suggestion=closest(str(key), [_stage_key(b) for b in out])))
+            else:
+                del out[idx]
+                del out.locs[idx]
+            continue
         if idx is not None:
             out[idx] = deep_merge(out[idx], entry)
             continue
@@ -459,6 +470,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None,
             problems.append(Problem(f"two stages are named '{name}' (the other is stages[{seen[name]}]); "
                                     "give each a unique `name:`", f, line, col, stage=name))
         seen[name] = i
+        if s.remove:
+            problems.append(Problem(f"remove: true drops a stage of a base recipe, and no base recipe (extends:) "
+                                    f"has a stage named '{name}'", f, line, col, stage=name,
+                                    field=f"stages[{i}].remove"))
+            continue
         if s.type not in registry:
             tf, tline, tcol = locate(data, ("stages", i, "type")) or (f, line, col)
             problems.append(Problem(f"unknown stage type '{s.type}'", tf, tline, tcol, stage=name,

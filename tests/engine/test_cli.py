@@ -50,6 +50,29 @@ def test_stages_lists_plugins_and_parameters():
     assert proc.returncode == 2 and "did you mean 'count'" in proc.stderr
 
 
+def test_bundled_recipes_are_valid_under_the_committed_schema():
+    """What an editor checks with schemas/recipe.schema.json: every bundled
+    recipe (with its ${vars...} references) passes; typos and wrong types do not."""
+    import jsonschema
+    import yaml
+
+    schema = json.loads((ROOT / "schemas" / "recipe.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    recipes = sorted((ROOT / "recipes").glob("*.yaml"))
+    assert len(recipes) >= 8
+    for f in recipes:
+        errors = [e.message for e in validator.iter_errors(yaml.safe_load(f.read_text()))]
+        assert not errors, f"{f.name}: {errors[:3]}"
+    good = {"name": "x", "extends": "base.yaml", "stages": [
+        {"name": "dedup", "remove": True},
+        {"type": "pack", "after": "tokenize", "params": {"max_seq_length": "${vars.seq_len}", "mode": "document"}}]}
+    assert not list(validator.iter_errors(good))
+    for bad_params in ({"max_seq_length": "long"}, {"max_seq_lenght": 128}, {"mode": "zigzag"}):
+        bad = {"name": "x", "stages": [{"type": "pack", "params": bad_params}]}
+        assert list(validator.iter_errors(bad)), bad_params
+    assert list(validator.iter_errors({"name": "x", "stages": [{"type": "no_such_stage"}]}))
+
+
 def test_committed_schema_and_stage_docs_are_current():
     from recipe_runner.docs import recipe_json_schema, stages_markdown
     from recipe_runner.registry import Registry
@@ -64,7 +87,9 @@ def test_committed_schema_and_stage_docs_are_current():
 
 def test_schema_command_covers_plugin_params():
     schema = json.loads(recipe_cli("schema", check=True).stdout)
-    variants = {v["properties"]["type"]["const"]: v for v in schema["properties"]["stages"]["items"]["oneOf"]}
+    entries = schema["properties"]["stages"]["items"]["oneOf"]
+    variants = {v["properties"]["type"]["const"]: v for v in entries if "type" in v["properties"]}
+    assert [v["title"] for v in entries if "type" not in v["properties"]] == ["removal of a base stage"]
     assert "count" in variants
     assert set(variants["count"]["properties"]["params"]["properties"]) == {"n", "start", "sleep", "fail_at"}
     assert variants["count"]["properties"]["params"]["additionalProperties"] is False

@@ -154,6 +154,53 @@ def test_extends_and_set(tmp_path):
     assert proc.returncode == 2 and "no stage 'cuont'" in proc.stderr and "did you mean 'count'" in proc.stderr
 
 
+def test_extends_can_remove_a_base_stage(tmp_path):
+    write(tmp_path / "base.yaml", """
+        name: base
+        stages:
+          - type: count
+            params: {n: 4, start: 1}
+          - type: multiply
+            params: {factor: 3}
+          - type: total
+        """)
+    child = write(tmp_path / "child.yaml", """
+        extends: base.yaml
+        name: child
+        stages:
+          - {name: multiply, remove: true}
+        """)
+    import yaml
+
+    proc = recipe_cli("show", str(child))
+    assert proc.returncode == 0, proc.stderr
+    shown = yaml.safe_load(proc.stdout)
+    assert [s["name"] for s in shown["stages"]] == ["count", "total"]
+    assert shown["stages"][1]["inputs"] == {"numbers": "count.numbers"}  # rebound to the latest producer
+    wd = tmp_path / "runs"
+    proc = _run(child, wd)
+    assert proc.returncode == 0, proc.stderr
+    assert status_json(child, wd)["stages"][1]["metrics"]["sum"] == 1 + 2 + 3 + 4
+
+    typo = write(tmp_path / "typo.yaml", """
+        extends: base.yaml
+        name: typo
+        stages:
+          - {name: multiplly, remove: true}
+        """)
+    proc = recipe_cli("validate", str(typo))
+    assert proc.returncode == 2 and "remove: no base stage named 'multiplly'" in proc.stderr
+    assert "did you mean 'multiply'" in proc.stderr and "typo.yaml:4:5" in proc.stderr
+    alone = write(tmp_path / "alone.yaml", """
+        name: alone
+        stages:
+          - {type: count, params: {n: 2}}
+          - {type: total, remove: true}
+        """)
+    proc = recipe_cli("validate", str(alone))
+    assert proc.returncode == 2 and "no base recipe (extends:) has a stage named 'total'" in proc.stderr
+
+
 def test_explicit_inputs_and_optional_slot(tmp_path):
     r = write(tmp_path / "r.yaml", """
         name: r
