@@ -19,6 +19,7 @@ dies (killed, out of memory) breaks the pool with an error instead of a hang.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -35,6 +36,7 @@ MAX_SHARD_BYTES = 64 * 2**20
 
 # the tables of the running map, inherited by the forked workers
 _FORKED: dict[str, Any] = {}
+_PARENT: list[int] = []  # the pid that forked them
 
 
 def base_table(ds: Any) -> Any:
@@ -80,10 +82,40 @@ def _run_job(job: tuple) -> dict[str, Any]:
     return fn(_FORKED[split].slice(a, b - a), Path(tmp), **kwargs) or {}
 
 
+def pool_size(num_proc: int) -> int:
+    """Worker processes :func:`map_shards` uses for ``num_proc``: fork is what
+    lets the workers share the loaded state, and off Linux (macOS, Windows) it
+    is unsafe or missing, so there the shards run in this process."""
+    return max(1, num_proc) if sys.platform.startswith("linux") else 1
+
+
 def _child_init() -> None:
-    """In a forked worker, log through plain stderr handlers: a rich handler's
-    console lock may have been held by the parent's display thread at the
-    moment of the fork, and no thread in the child would ever release it."""
+    """Set up a forked worker:
+
+    - it dies with its parent (a parent killed outright would otherwise leave
+      idle workers holding its inherited file descriptors, the run lock too);
+    - SIGTERM ends it at once and SIGINT is the parent's to handle (the
+      runner's handlers, inherited, would turn them into exceptions the pool
+      catches, and the worker would go on to its next shard);
+    - it logs through plain handlers (:func:`_plain_logging`)."""
+    import ctypes
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
+    if _PARENT and os.getppid() != _PARENT[0]:  # the parent died before prctl
+        os._exit(1)
+    _plain_logging()
+
+
+def _plain_logging() -> None:
+    """Swap rich log handlers for plain stderr ones: in a forked worker, a rich
+    handler's console lock may have been held by the parent's display thread
+    at the moment of the fork, and no thread in the child would release it."""
     import logging
 
     for name in (None, "recipe_runner"):
@@ -126,15 +158,20 @@ def map_shards(store: Any, tables: dict[str, Any], shards: list[tuple[str, str, 
             todo.append((name, split, a, b))
 
     def failed(split: str, a: int, b: int, e: BaseException) -> StageError:
+        from concurrent.futures.process import BrokenProcessPool
+
         if isinstance(e, StageError):
             return e
+        if isinstance(e, BrokenProcessPool):  # the pool cannot tell which shard's worker it was
+            return StageError(
+                f"{what} failed: a worker process died (killed, or out of memory?) while working on split "
+                f"{split!r} ({type(e).__name__}); {store.computed + store.reused} finished shard(s) are kept and "
+                "reused on the next run; try fewer worker processes (num_proc) or smaller shards (shard_size)")
         return StageError(
             f"{what} failed in split {split!r}, documents {a}..{b - 1}: {type(e).__name__}: {e} "
             f"({store.computed + store.reused} finished shard(s) are kept and reused on the next run)")
 
-    # fork is what lets the workers share the loaded state; off Linux (macOS, Windows) fork is unsafe
-    # or missing, so the shards run here
-    procs = min(num_proc, len(todo)) if sys.platform.startswith("linux") else 1
+    procs = min(pool_size(num_proc), len(todo))
     if procs <= 1:
         for name, split, a, b in todo:
             try:
@@ -152,6 +189,7 @@ def map_shards(store: Any, tables: dict[str, Any], shards: list[tuple[str, str, 
 
     _FORKED.clear()
     _FORKED.update(tables)
+    _PARENT[:] = [os.getpid()]
     error: tuple | None = None
     pool = ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("fork"), initializer=_child_init)
     futures: dict[Any, tuple] = {}

@@ -154,14 +154,19 @@ def save_dataset_dict(splits: dict[str, Any], path: Path, num_proc: int | None =
     DatasetDict(splits).save_to_disk(str(path), num_proc=num_proc if num_proc and num_proc > 1 else None, **kwargs)
 
 
-def kept_rows(table: Any, keep: Any, chunk_rows: int = 16_384) -> Iterator[Any]:
+def kept_rows(table: Any, keep: Any, chunk_rows: int = 16_384, chunk_bytes: int = 64 * 2**20) -> Iterator[Any]:
     """The rows of ``table`` where the boolean array ``keep`` is true, as a
-    stream of small tables (memory stays bounded by ``chunk_rows``)."""
+    stream of small tables (at most ``chunk_rows`` rows and, where single rows
+    allow, about ``chunk_bytes`` bytes each: memory stays bounded)."""
     import pyarrow as pa
 
-    for a in range(0, table.num_rows, chunk_rows):
+    a = 0
+    while a < table.num_rows:
         part = table.slice(a, chunk_rows)
+        while part.num_rows > 1 and part.nbytes > chunk_bytes:  # big documents: fewer rows per piece
+            part = table.slice(a, part.num_rows // 2)
         k = keep[a: a + part.num_rows]
+        a += part.num_rows
         yield part if k.all() else part.filter(pa.array(k))
 
 
@@ -177,10 +182,9 @@ def save_streamed(splits: dict[str, tuple[Any, Iterable[Any]]], path: Path) -> d
     The tables are written once, sequentially, with the template's features
     and info: no per-row gather (``Dataset.select(...).save_to_disk``) and no
     second copy."""
-    import dataclasses
-
     from datasets import load_from_disk
     from datasets.arrow_writer import ArrowWriter
+    from datasets.utils.py_utils import asdict  # save_to_disk's (dataclasses.asdict breaks ClassLabel)
 
     path = Path(path)
     if path.exists():
@@ -214,9 +218,10 @@ def save_streamed(splits: dict[str, tuple[Any, Iterable[Any]]], path: Path) -> d
             names.append(name)
         state = {"_data_files": [{"filename": n} for n in names], "_fingerprint": uuid.uuid4().hex,
                  "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
-                 "_output_all_columns": False, "_split": None}
+                 "_output_all_columns": False,
+                 "_split": str(template.split) if template.split is not None else None}
         (d / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
-        info = dataclasses.asdict(template.info)
+        info = asdict(template.info)
         (d / "dataset_info.json").write_text(json.dumps({k: info[k] for k in sorted(info)}, indent=2))
     (path / "dataset_dict.json").write_text(json.dumps({"splits": list(splits)}))
     saved = load_from_disk(str(path))

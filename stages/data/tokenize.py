@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recipe_runner.artifacts import DATASET, TOKENIZED_DATASET, TOKENIZER, Artifact
 from recipe_runner.stage import Input, Params, Stage, StageContext, StageError
 
-from ._parallel import SHARD_LAYOUT, base_table, map_shards, plan_shards
+from ._parallel import SHARD_LAYOUT, base_table, map_shards, plan_shards, pool_size
 from ._util import (
     NumProc, ShardStore, artifact_identity, batch_size_field, hub_offline, hub_unreachable_reason,
     load_dataset_dict, order_metrics, require_column, resolve_num_proc, save_streamed, shard_size_field,
@@ -279,7 +279,7 @@ class TokenizeStage(Stage):
                 prog.advance(rows)
 
             # one process: the Rust tokenizer's own threads; several: one Rust thread in each
-            with _rust_threads(rust_parallel if nproc == 1 else False):
+            with _rust_threads(rust_parallel if pool_size(nproc) == 1 else False):
                 map_shards(store, tables, shards, _tokenize_shard,
                            {"tok_dir": str(tok_out), "text_column": p.text_column, "bos": bos, "eos": eos,
                             "keep_text": p.keep_text, "batch_size": p.batch_size},

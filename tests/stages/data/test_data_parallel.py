@@ -98,7 +98,7 @@ def test_killed_worker_is_an_error_not_a_hang(tmp_path, filter_plugin, shakespea
     flag.write_text("")
     monkeypatch.setenv("EXPLODE_FLAG", str(flag))
     params = {"filters": [{"type": "plugin", "plugin": "die"}], "shard_size": 100, "num_proc": 2}
-    with pytest.raises(StageError, match="filtering failed.*BrokenProcessPool"):
+    with pytest.raises(StageError, match=r"filtering failed: a worker process died \(killed, or out of memory\?\)"):
         run_stage(FilterStage, params, inputs={"dataset": art}, workdir=tmp_path / "w")
     flag.unlink()
     r = run_stage(FilterStage, params, inputs={"dataset": art}, workdir=tmp_path / "w")
@@ -163,14 +163,14 @@ def test_forked_workers_log_without_the_rich_console():
 
     from rich.logging import RichHandler
 
-    from recipe_runner_stages.data._parallel import _child_init
+    from recipe_runner_stages.data._parallel import _plain_logging
 
     logger = logging.getLogger("recipe_runner")
     before = list(logger.handlers)
     rich = RichHandler(level=logging.WARNING)
     logger.addHandler(rich)
     try:
-        _child_init()
+        _plain_logging()  # what each forked worker runs first
         assert rich not in logger.handlers
         plain = [h for h in logger.handlers if h not in before]
         assert len(plain) == 1 and type(plain[0]) is logging.StreamHandler and plain[0].level == logging.WARNING
@@ -178,3 +178,80 @@ def test_forked_workers_log_without_the_rich_console():
         for h in list(logger.handlers):
             if h not in before:
                 logger.removeHandler(h)
+
+
+def test_workers_die_with_a_killed_parent(tmp_path, filter_plugin, shakespeare_paragraphs):
+    """A parent killed outright (OOM killer, kill -9) must not leave idle
+    workers behind holding its file descriptors (the run lock among them)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    art = save_texts(tmp_path / "in", list(shakespeare_paragraphs[:3000]))
+    script = tmp_path / "run.py"
+    script.write_text(INTERRUPTED)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(filter_plugin), os.environ.get("PYTHONPATH", "")])}
+    work = tmp_path / "w"
+    proc = subprocess.Popen([sys.executable, str(script), str(art.path), str(work)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list((work / "checkpoint" / "filter-shards").glob("train-*/meta.json"))) < 2:
+        time.sleep(0.05)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) >= 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+
+    def alive(pid):
+        try:
+            return "zombie" not in open(f"/proc/{pid}/status").read().lower()
+        except FileNotFoundError:
+            return False
+
+    deadline = time.time() + 5
+    while time.time() < deadline and any(alive(w) for w in workers):
+        time.sleep(0.1)
+    assert not [w for w in workers if alive(w)], "workers outlived their killed parent"
+
+
+def test_outputs_keep_class_labels_and_split_names(tmp_path, shakespeare_paragraphs):
+    """save_streamed writes save_to_disk's layout itself: features such as
+    ClassLabel and the split names must come back as they were."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_from_disk
+
+    from recipe_runner.artifacts import Artifact
+
+    texts = list(shakespeare_paragraphs[:400]) + list(shakespeare_paragraphs[:50])  # 50 exact duplicates
+    feats = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
+    splits = {s: Dataset.from_dict({"text": t, "label": [i % 2 for i in range(len(t))]}, features=feats, split=s)
+              for s, t in (("train", texts), ("validation", list(shakespeare_paragraphs[400:460])))}
+    DatasetDict(splits).save_to_disk(str(tmp_path / "in"))
+    art = Artifact("dataset", tmp_path / "in")
+    d = run_stage(DedupStage, {"num_proc": 2, "shard_size": 100}, inputs={"dataset": art}, workdir=tmp_path / "d")
+    f = run_stage(FilterStage, {"filters": [{"type": "paragraph_length"}]}, inputs={"dataset": d.outputs["dataset"]},
+                  workdir=tmp_path / "f")
+    for r, n_train in ((d, 400), (f, None)):
+        out = load_from_disk(str(r.outputs["dataset"].path))
+        assert out["train"].features == feats and out["train"].split == "train"
+        assert out["validation"].split == "validation"
+        assert out["train"].features["label"].int2str(out["train"][0]["label"]) in ("neg", "pos")
+        if n_train:
+            assert len(out["train"]) == n_train
+
+
+def test_kept_rows_bounds_pieces_by_bytes():
+    import numpy as np
+    import pyarrow as pa
+
+    from recipe_runner_stages.data._util import kept_rows
+
+    table = pa.table({"text": ["x" * 100_000] * 300 + ["y"] * 1000})
+    keep = np.ones(table.num_rows, dtype=bool)
+    keep[::3] = False
+    pieces = list(kept_rows(table, keep, chunk_rows=500, chunk_bytes=2 * 2**20))
+    assert pa.concat_tables(pieces).column("text").to_pylist() == \
+        [t for t, k in zip(table.column("text").to_pylist(), keep) if k]
+    assert max(p.nbytes for p in pieces) <= 2.1 * 2**20
+    assert max(p.num_rows for p in pieces) <= 500
