@@ -201,7 +201,9 @@ class DedupStage(Stage):
         art = ctx.input("dataset")
         dd = load_dataset_dict(art)
         require_column(dd, p.text_column, "dataset", text=True)
-        key = {"stage": "dedup", "v": self.version, "layout": SHARD_LAYOUT, "params": p.model_dump(mode="json"),
+        # the shard names carry the row ranges; these parameters do not change what a shard holds
+        key = {"stage": "dedup", "v": self.version, "layout": SHARD_LAYOUT,
+               "params": p.model_dump(mode="json", exclude={"num_proc", "shard_size", "batch_size", "threshold", "verify"}),
                "input": artifact_identity(art)}
         store = ShardStore(ctx.checkpoint_dir / "dedup-shards", key, ctx.log)
         fn_kwargs = {"text_column": p.text_column, "exact": p.exact, "normalize": p.normalize,

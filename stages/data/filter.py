@@ -83,7 +83,9 @@ class FilterStage(Stage):
         except Exception as e:  # noqa: BLE001
             raise StageError(f"cannot set up the filters: {type(e).__name__}: {e}") from e
 
-        key = {"stage": "filter", "v": self.version, "layout": SHARD_LAYOUT, "params": p.model_dump(mode="json"),
+        # the shard names carry the row ranges; these parameters do not change what a shard holds
+        key = {"stage": "filter", "v": self.version, "layout": SHARD_LAYOUT,
+               "params": p.model_dump(mode="json", exclude={"num_proc", "shard_size"}),
                "input": artifact_identity(art)}
         store = ShardStore(ctx.checkpoint_dir / "filter-shards", key, ctx.log)
         tables = {split: base_table(ds) for split, ds in dd.items()}

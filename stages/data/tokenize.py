@@ -260,7 +260,9 @@ class TokenizeStage(Stage):
         eos = tok.eos_token_id if p.add_eos else None
         tok_json = (tok_out / "tokenizer.json")
         tok_key = tok_json.read_text() if tok_json.exists() else origin
-        key = {"stage": "tokenize", "v": self.version, "layout": SHARD_LAYOUT, "params": p.model_dump(mode="json"),
+        # the shard names carry the row ranges; these parameters do not change what a shard holds
+        key = {"stage": "tokenize", "v": self.version, "layout": SHARD_LAYOUT,
+               "params": p.model_dump(mode="json", exclude={"num_proc", "shard_size", "batch_size"}),
                "input": artifact_identity(art), "tokenizer": tok_key}
         store = ShardStore(ctx.checkpoint_dir / "tokenize-shards", key, ctx.log)
         rust_parallel = os.environ.get("TOKENIZERS_PARALLELISM", "").lower() not in ("false", "0", "no", "off")
