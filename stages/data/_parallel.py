@@ -89,6 +89,11 @@ def pool_size(num_proc: int) -> int:
     return max(1, num_proc) if sys.platform.startswith("linux") else 1
 
 
+def in_worker() -> bool:
+    """True inside a worker process forked by :func:`map_shards`."""
+    return bool(_PARENT) and os.getpid() != _PARENT[0]
+
+
 def _child_init() -> None:
     """Set up a forked worker:
 

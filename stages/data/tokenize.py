@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recipe_runner.artifacts import DATASET, TOKENIZED_DATASET, TOKENIZER, Artifact
 from recipe_runner.stage import Input, Params, Stage, StageContext, StageError
 
-from ._parallel import SHARD_LAYOUT, base_table, map_shards, plan_shards, pool_size
+from ._parallel import SHARD_LAYOUT, base_table, in_worker, map_shards, plan_shards
 from ._util import (
     NumProc, ShardStore, artifact_identity, batch_size_field, hub_offline, hub_unreachable_reason,
     load_dataset_dict, order_metrics, require_column, resolve_num_proc, save_streamed, shard_size_field,
@@ -280,11 +280,12 @@ class TokenizeStage(Stage):
                 tokens[split] = tokens.get(split, 0) + meta["tokens"]
                 prog.advance(rows)
 
-            # one process: the Rust tokenizer's own threads; several: one Rust thread in each
-            with _rust_threads(rust_parallel if pool_size(nproc) == 1 else False):
+            # forked workers run one Rust thread each (set before the fork); a shard run in this
+            # process turns the Rust thread pool back on (see _tokenize_shard)
+            with _rust_threads(False):
                 map_shards(store, tables, shards, _tokenize_shard,
                            {"tok_dir": str(tok_out), "text_column": p.text_column, "bos": bos, "eos": eos,
-                            "keep_text": p.keep_text, "batch_size": p.batch_size},
+                            "keep_text": p.keep_text, "batch_size": p.batch_size, "rust_parallel": rust_parallel},
                            num_proc=nproc, what="tokenizing", on_done=done,
                            split_kwargs={split: {"features": f} for split, f in features.items()})
         streams = {}
@@ -341,13 +342,18 @@ def _output_features(features: Any, text_column: str, keep_text: bool) -> Any:
     return Features(out)
 
 
-def _tokenize_shard(table: Any, tmp: Path, batch_size: int, features: Any, **kw: Any) -> dict[str, Any]:
-    """One shard: ``data.arrow`` (the other columns, input_ids, num_tokens) and its token count."""
+def _tokenize_shard(table: Any, tmp: Path, batch_size: int, features: Any, rust_parallel: bool,
+                    **kw: Any) -> dict[str, Any]:
+    """One shard: ``data.arrow`` (the other columns, input_ids, num_tokens) and
+    its token count.  In a worker process the Rust tokenizer runs one thread;
+    in the stage's own process (one worker, one shard left, not Linux) it uses
+    its thread pool unless TOKENIZERS_PARALLELISM says otherwise."""
     import pyarrow.compute as pc
     from datasets.arrow_writer import ArrowWriter
 
     tokens = 0
-    with ArrowWriter(features=features, path=str(tmp / "data.arrow")) as w:
+    with _rust_threads(rust_parallel and not in_worker()), \
+            ArrowWriter(features=features, path=str(tmp / "data.arrow")) as w:
         for a in range(0, table.num_rows, batch_size):
             t = tokenize_batch(table.slice(a, batch_size), **kw)
             tokens += int(pc.sum(t.column("num_tokens")).as_py() or 0)
