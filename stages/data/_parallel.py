@@ -22,10 +22,13 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from recipe_runner.stage import StageError
+
+from ._util import AUTO_PARALLEL_MIN_BYTES, NumProc, resolve_num_proc, table_nbytes
 
 #: part of the shard stores' keys: stores made with another shard layout start over
 SHARD_LAYOUT = "bytes-1"
@@ -51,17 +54,12 @@ def plan_shards(table: Any, column: str, shard_size: int, num_proc: int) -> list
     document allows it, about ``total_bytes / (SHARDS_PER_PROC * num_proc)``
     bytes of ``column`` (1 to 64 MiB; 64 MiB for one process)."""
     import numpy as np
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     n = table.num_rows
     if n == 0:
         return [(0, 0)]
-    col = table.column(column)
-    if not any(f(col.type) for f in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary,
-                                      pa.types.is_large_binary)):
-        return [(a, min(a + shard_size, n)) for a in range(0, n, shard_size)]  # not text: by count
-    lens = pc.binary_length(col).fill_null(0).to_numpy()
+    lens = pc.binary_length(table.column(column)).fill_null(0).to_numpy()
     cum = np.cumsum(lens, dtype=np.int64)
     target = MAX_SHARD_BYTES if num_proc <= 1 else \
         int(min(max(cum[-1] / (SHARDS_PER_PROC * num_proc), MIN_SHARD_BYTES), MAX_SHARD_BYTES))
@@ -74,6 +72,32 @@ def plan_shards(table: Any, column: str, shard_size: int, num_proc: int) -> list
         ranges.append((a, b))
         a = b
     return ranges
+
+
+@dataclass
+class ShardPlan:
+    """The shards of one stage run: the input tables by split, the shards
+    ``(name, split, first_row, end_row)`` in order, and the worker count."""
+
+    tables: dict[str, Any]
+    shards: list[tuple[str, str, int, int]]
+    num_proc: int
+    rows: int
+
+    def names(self, split: str | None = None) -> list[str]:
+        """Shard names in row order (of one split, or of all splits in order)."""
+        return [name for name, s, _, _ in self.shards if split is None or s == split]
+
+
+def plan_dataset(dd: Any, column: str, shard_size: int, num_proc: NumProc,
+                 min_bytes: int = AUTO_PARALLEL_MIN_BYTES) -> ShardPlan:
+    """Resolve ``num_proc`` for a DatasetDict and plan its shards by bytes of ``column``."""
+    tables = {split: base_table(ds) for split, ds in dd.items()}
+    rows = sum(len(ds) for ds in dd.values())
+    nproc = resolve_num_proc(num_proc, sum(table_nbytes(ds) for ds in dd.values()), rows, min_bytes=min_bytes)
+    shards = [(f"{split}-{a:010d}-{b:010d}", split, a, b) for split, t in tables.items()
+              for a, b in plan_shards(t, column, shard_size, nproc)]
+    return ShardPlan(tables, shards, nproc, rows)
 
 
 def _run_job(job: tuple) -> dict[str, Any]:
@@ -144,18 +168,18 @@ def _terminate(pool: Any) -> None:
     pool.shutdown(wait=True, cancel_futures=True)
 
 
-def map_shards(store: Any, tables: dict[str, Any], shards: list[tuple[str, str, int, int]],
-               fn: Callable[..., dict[str, Any] | None], kwargs: dict[str, Any], *, num_proc: int, what: str,
-               on_done: Callable[[str, dict[str, Any], int], None],
+def map_shards(store: Any, plan: ShardPlan, fn: Callable[..., dict[str, Any] | None], kwargs: dict[str, Any], *,
+               what: str, on_done: Callable[[str, dict[str, Any], int], None],
                split_kwargs: dict[str, dict[str, Any]] | None = None) -> None:
-    """Make every shard ``(name, split, a, b)`` not yet in ``store``.
+    """Make every shard of ``plan`` not yet in ``store``, in ``plan.num_proc`` processes.
 
     ``fn`` must be a module-level function; it is called with ``kwargs`` and,
     for a shard of split ``s``, ``split_kwargs[s]``.  ``on_done(name, meta, rows)`` is
     called in this process for each shard, reused or new, in completion order."""
+    tables = plan.tables
     per_split = split_kwargs or {}
     todo = []
-    for name, split, a, b in shards:
+    for name, split, a, b in plan.shards:
         if store.done(name):
             store.reused += 1
             on_done(name, store.meta(name), b - a)
@@ -176,7 +200,7 @@ def map_shards(store: Any, tables: dict[str, Any], shards: list[tuple[str, str, 
             f"{what} failed in split {split!r}, documents {a}..{b - 1}: {type(e).__name__}: {e} "
             f"({store.computed + store.reused} finished shard(s) are kept and reused on the next run)")
 
-    procs = min(pool_size(num_proc), len(todo))
+    procs = min(pool_size(plan.num_proc), len(todo))
     if procs <= 1:
         for name, split, a, b in todo:
             try:

@@ -13,11 +13,10 @@ from pydantic import Field, model_validator
 from recipe_runner.artifacts import DATASET, Artifact
 from recipe_runner.stage import Input, Params, Stage, StageContext, StageError
 
-from ._parallel import SHARD_LAYOUT, base_table, map_shards, plan_shards
+from ._parallel import SHARD_LAYOUT, map_shards, plan_dataset
 from ._util import (
     NumProc, ShardStore, artifact_identity, batch_size_field, kept_rows, load_dataset_dict, num_proc_field,
-    order_metrics, require_column, resolve_num_proc, save_streamed, shard_size_field, table_nbytes,
-    with_quiet_datasets,
+    order_metrics, require_column, save_streamed, shard_size_field, with_quiet_datasets,
 )
 
 Normalize = Literal["none", "whitespace", "lower", "alnum"]
@@ -209,15 +208,12 @@ class DedupStage(Stage):
         fn_kwargs = {"text_column": p.text_column, "exact": p.exact, "normalize": p.normalize,
                      "near": p.near_duplicates, "num_perm": p.num_perm, "shingle": p.shingle,
                      "shingle_size": p.shingle_size, "seed": p.minhash_seed}
-        tables = {split: base_table(ds) for split, ds in dd.items()}
-        total = sum(len(d) for d in dd.values())
-        nproc = resolve_num_proc(p.num_proc, sum(table_nbytes(ds) for ds in dd.values()), total)
-        shards = [(f"{split}-{a:010d}-{b:010d}", split, a, b) for split, t in tables.items()
-                  for a, b in plan_shards(t, p.text_column, p.shard_size, nproc)]
+        plan = plan_dataset(dd, p.text_column, p.shard_size, p.num_proc)
+        total = plan.rows
         with ctx.progress("dedup: hashing", total=total) as prog:
-            map_shards(store, tables, shards, _hash_shard, {**fn_kwargs, "batch_size": p.batch_size},
-                       num_proc=nproc, what="hashing", on_done=lambda name, meta, rows: prog.advance(rows))
-        paths = [store.path(name) for name, _, _, _ in shards]
+            map_shards(store, plan, _hash_shard, {**fn_kwargs, "batch_size": p.batch_size},
+                       what="hashing", on_done=lambda name, meta, rows: prog.advance(rows))
+        paths = [store.path(name) for name in plan.names()]
         hashes = [np.load(path / "hash.npy") for path in paths] if p.exact else []
         sigs = [np.load(path / "sig.npy") for path in paths] if p.near_duplicates else []
         nsh = [np.load(path / "nsh.npy") for path in paths] if p.near_duplicates else []
@@ -250,7 +246,7 @@ class DedupStage(Stage):
         offset = 0
         for split, ds in dd.items():
             k = keep[offset: offset + len(ds)]
-            streams[split] = (ds, kept_rows(tables[split], k))
+            streams[split] = (ds, kept_rows(plan.tables[split], k))
             m[f"{split}_documents_in"] = len(ds)
             m[f"{split}_documents_out"] = int(k.sum())
             offset += len(ds)

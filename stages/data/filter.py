@@ -11,11 +11,11 @@ from pydantic import Field
 from recipe_runner.artifacts import DATASET, Artifact
 from recipe_runner.stage import Input, Params, Stage, StageContext, StageError
 
-from ._parallel import SHARD_LAYOUT, base_table, map_shards, plan_shards
+from ._parallel import SHARD_LAYOUT, map_shards, plan_dataset
 from ._util import (
     AUTO_PARALLEL_MIN_BYTES, AUTO_PARALLEL_MIN_BYTES_COSTLY, NumProc, ShardStore, artifact_identity,
     batch_size_field, kept_rows, load_dataset_dict, num_proc_field, order_metrics, require_column,
-    resolve_num_proc, save_streamed, shard_size_field, table_nbytes, with_quiet_datasets,
+    save_streamed, shard_size_field, with_quiet_datasets,
 )
 from .filters import TEXT_MODIFYING, FilterSpec
 
@@ -88,13 +88,9 @@ class FilterStage(Stage):
                "params": p.model_dump(mode="json", exclude={"num_proc", "shard_size"}),
                "input": artifact_identity(art)}
         store = ShardStore(ctx.checkpoint_dir / "filter-shards", key, ctx.log)
-        tables = {split: base_table(ds) for split, ds in dd.items()}
-        nbytes = sum(table_nbytes(ds) for ds in dd.values())
-        total_docs = sum(len(d) for d in dd.values())
-        nproc = resolve_num_proc(p.num_proc, nbytes, total_docs,
-                                 min_bytes=AUTO_PARALLEL_MIN_BYTES_COSTLY if costly else AUTO_PARALLEL_MIN_BYTES)
-        shards = [(f"{split}-{a:010d}-{b:010d}", split, a, b) for split, t in tables.items()
-                  for a, b in plan_shards(t, p.text_column, p.shard_size, nproc)]
+        plan = plan_dataset(dd, p.text_column, p.shard_size, p.num_proc,
+                            min_bytes=AUTO_PARALLEL_MIN_BYTES_COSTLY if costly else AUTO_PARALLEL_MIN_BYTES)
+        total_docs = plan.rows
         removed = np.zeros(len(names), dtype=np.int64)
         reasons: dict[str, int] = {}
         with ctx.progress("filter", total=total_docs) as prog:
@@ -106,20 +102,19 @@ class FilterStage(Stage):
                     reasons[rk] = reasons.get(rk, 0) + v
                 prog.advance(rows)
 
-            map_shards(store, tables, shards, _filter_shard,
+            map_shards(store, plan, _filter_shard,
                        {"specs_json": specs_json, "text_column": p.text_column, "modifies": modifies,
                         "batch_size": p.batch_size},
-                       num_proc=nproc, what="filtering", on_done=done)
+                       what="filtering", on_done=done)
 
-        streams = {}
-        for split, ds in dd.items():
-            paths = [store.path(name) for name, s, _, _ in shards if s == split]
-            streams[split] = (ds, _kept(tables[split], paths, p.text_column, modifies))
-            keep = np.concatenate([np.load(path / "drop.npy") for path in paths]) < 0
-            ctx.metrics[f"{split}_documents_in"] = len(ds)
-            ctx.metrics[f"{split}_documents_out"] = int(keep.sum())
+        streams = {split: (ds, _kept(plan.tables[split], [store.path(n) for n in plan.names(split)],
+                                     p.text_column, modifies))
+                   for split, ds in dd.items()}
         out = ctx.output_path("dataset")
         out_splits = save_streamed(streams, out)
+        for split, ds in dd.items():
+            ctx.metrics[f"{split}_documents_in"] = len(ds)
+            ctx.metrics[f"{split}_documents_out"] = len(out_splits[split])
 
         if len(out_splits.get("train", [])) == 0:
             ctx.log.warning("the filters removed every training document")

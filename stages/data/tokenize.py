@@ -14,11 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from recipe_runner.artifacts import DATASET, TOKENIZED_DATASET, TOKENIZER, Artifact
 from recipe_runner.stage import Input, Params, Stage, StageContext, StageError
 
-from ._parallel import SHARD_LAYOUT, base_table, in_worker, map_shards, plan_shards
+from ._parallel import SHARD_LAYOUT, in_worker, map_shards, plan_dataset
 from ._util import (
     NumProc, ShardStore, artifact_identity, batch_size_field, hub_offline, hub_unreachable_reason,
-    load_dataset_dict, order_metrics, require_column, resolve_num_proc, save_streamed, shard_size_field,
-    stable_hash, table_nbytes, with_quiet_datasets,
+    load_dataset_dict, order_metrics, require_column, save_streamed, shard_size_field, stable_hash,
+    with_quiet_datasets,
 )
 
 
@@ -266,11 +266,8 @@ class TokenizeStage(Stage):
                "input": artifact_identity(art), "tokenizer": tok_key}
         store = ShardStore(ctx.checkpoint_dir / "tokenize-shards", key, ctx.log)
         rust_parallel = os.environ.get("TOKENIZERS_PARALLELISM", "").lower() not in ("false", "0", "no", "off")
-        tables = {split: base_table(ds) for split, ds in dd.items()}
-        total_docs = sum(len(d) for d in dd.values())
-        nproc = resolve_num_proc(p.num_proc, sum(table_nbytes(ds) for ds in dd.values()), total_docs)
-        shards = [(f"{split}-{a:010d}-{b:010d}", split, a, b) for split, t in tables.items()
-                  for a, b in plan_shards(t, p.text_column, p.shard_size, nproc)]
+        plan = plan_dataset(dd, p.text_column, p.shard_size, p.num_proc)
+        total_docs = plan.rows
         features = {split: _output_features(ds.features, p.text_column, p.keep_text) for split, ds in dd.items()}
         tokens: dict[str, int] = {}
         m = ctx.metrics
@@ -283,14 +280,14 @@ class TokenizeStage(Stage):
             # forked workers run one Rust thread each (set before the fork); a shard run in this
             # process turns the Rust thread pool back on (see _tokenize_shard)
             with _rust_threads(False):
-                map_shards(store, tables, shards, _tokenize_shard,
+                map_shards(store, plan, _tokenize_shard,
                            {"tok_dir": str(tok_out), "text_column": p.text_column, "bos": bos, "eos": eos,
                             "keep_text": p.keep_text, "batch_size": p.batch_size, "rust_parallel": rust_parallel},
-                           num_proc=nproc, what="tokenizing", on_done=done,
+                           what="tokenizing", on_done=done,
                            split_kwargs={split: {"features": f} for split, f in features.items()})
         streams = {}
         for split, ds in dd.items():
-            files = [store.path(name) / "data.arrow" for name, s, _, _ in shards if s == split]
+            files = [store.path(name) / "data.arrow" for name in plan.names(split)]
             streams[split] = (_template(features[split]), _shard_tables(files))
             m[f"{split}_documents"] = len(ds)
             m[f"{split}_tokens"] = tokens.get(split, 0)

@@ -73,14 +73,20 @@ def test_dedup_and_tokenize_in_workers_equal_one_process(tmp_path, real_texts, t
     assert t1.metrics["num_tokens"] == t2.metrics["num_tokens"] == sum(c1["num_tokens"])
 
 
-def test_failing_worker_names_documents_and_keeps_finished_shards(tmp_path, filter_plugin, shakespeare_paragraphs,
-                                                                 monkeypatch):
-    docs = list(shakespeare_paragraphs[:1000])
-    docs[650] = docs[650] + "\nBOOM"
-    art = save_texts(tmp_path / "in", docs)
+def _planted(tmp_path, monkeypatch, docs, at, marker):
+    """A dataset with ``marker`` appended to document ``at``, and the flag file
+    that arms the test plugins (removing it "fixes" the problem)."""
+    docs = list(docs)
+    docs[at] = docs[at] + "\n" + marker
     flag = tmp_path / "explode.flag"
     flag.write_text("")
     monkeypatch.setenv("EXPLODE_FLAG", str(flag))
+    return save_texts(tmp_path / "in", docs), flag
+
+
+def test_failing_worker_names_documents_and_keeps_finished_shards(tmp_path, filter_plugin, shakespeare_paragraphs,
+                                                                 monkeypatch):
+    art, flag = _planted(tmp_path, monkeypatch, shakespeare_paragraphs[:1000], 650, "BOOM")
     params = {"filters": [{"type": "plugin", "plugin": "explode"}], "shard_size": 100, "num_proc": 2}
     with pytest.raises(StageError, match=r"documents 600\.\.699: RuntimeError: planted failure"):
         run_stage(FilterStage, params, inputs={"dataset": art}, workdir=tmp_path / "w")
@@ -91,12 +97,7 @@ def test_failing_worker_names_documents_and_keeps_finished_shards(tmp_path, filt
 
 
 def test_killed_worker_is_an_error_not_a_hang(tmp_path, filter_plugin, shakespeare_paragraphs, monkeypatch):
-    docs = list(shakespeare_paragraphs[:600])
-    docs[420] = docs[420] + "\nDIE"
-    art = save_texts(tmp_path / "in", docs)
-    flag = tmp_path / "explode.flag"
-    flag.write_text("")
-    monkeypatch.setenv("EXPLODE_FLAG", str(flag))
+    art, flag = _planted(tmp_path, monkeypatch, shakespeare_paragraphs[:600], 420, "DIE")
     params = {"filters": [{"type": "plugin", "plugin": "die"}], "shard_size": 100, "num_proc": 2}
     with pytest.raises(StageError, match=r"filtering failed: a worker process died \(killed, or out of memory\?\)"):
         run_stage(FilterStage, params, inputs={"dataset": art}, workdir=tmp_path / "w")
@@ -117,43 +118,86 @@ print("DONE", r.metrics["shards_reused"], r.metrics["shards_computed"])
 '''
 
 
+class _SlowFilterRun:
+    """The INTERRUPTED script in a subprocess over 3,000 paragraphs (60 shards
+    of ~0.4 s on 2 workers), started and waited on until ``min_done`` shards
+    are finished; ``workers`` are the pool's process ids at that moment."""
+
+    def __init__(self, tmp_path, plugin_dir, paragraphs, min_done, **popen):
+        import os
+        import subprocess
+        import time
+
+        self.art = save_texts(tmp_path / "in", list(paragraphs[:3000]))
+        self.script = tmp_path / "run.py"
+        self.script.write_text(INTERRUPTED)
+        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_dir), os.environ.get("PYTHONPATH", "")])}
+        self.work = tmp_path / "w"
+        self.proc = subprocess.Popen(self.argv(), env=self.env, **popen)
+        deadline = time.time() + 60
+        while time.time() < deadline and self.finished() < min_done:
+            time.sleep(0.05)
+        self.workers = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True,
+                                      text=True).stdout.split()
+
+    def argv(self):
+        import sys
+
+        return [sys.executable, str(self.script), str(self.art.path), str(self.work)]
+
+    def finished(self) -> int:
+        return len(list((self.work / "checkpoint" / "filter-shards").glob("train-*/meta.json")))
+
+    def alive_workers(self) -> list[str]:
+        def alive(pid):
+            try:
+                return "zombie" not in open(f"/proc/{pid}/status").read().lower()
+            except FileNotFoundError:
+                return False
+
+        return [w for w in self.workers if alive(w)]
+
+
 def test_ctrl_c_stops_the_workers_at_once_and_keeps_finished_shards(tmp_path, filter_plugin,
                                                                      shakespeare_paragraphs):
-    import os
     import signal
     import subprocess
-    import sys
     import time
 
-    art = save_texts(tmp_path / "in", list(shakespeare_paragraphs[:3000]))  # 60 shards of ~0.4 s
-    script = tmp_path / "run.py"
-    script.write_text(INTERRUPTED)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(filter_plugin), os.environ.get("PYTHONPATH", "")])}
-    work = tmp_path / "w"
-    shards = work / "checkpoint" / "filter-shards"
-    proc = subprocess.Popen([sys.executable, str(script), str(art.path), str(work)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and len(list(shards.glob("train-*/meta.json"))) < 3:
-        time.sleep(0.05)
-    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    assert len(workers) >= 2, "the pool's workers should be running"
-    proc.send_signal(signal.SIGINT)  # to the stage's process only, as a supervisor would
+    run = _SlowFilterRun(tmp_path, filter_plugin, shakespeare_paragraphs, 3,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert len(run.workers) >= 2, "the pool's workers should be running"
+    run.proc.send_signal(signal.SIGINT)  # to the stage's process only, as a supervisor would
     t0 = time.time()
-    _, err = proc.communicate(timeout=20)
-    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    _, err = run.proc.communicate(timeout=20)
+    assert run.proc.returncode != 0 and "KeyboardInterrupt" in err
     assert time.time() - t0 < 3, "the interrupted stage waited for its queued shards"
     time.sleep(0.5)
-    alive = [w for w in workers if os.path.exists(f"/proc/{w}") and
-             "zombie" not in open(f"/proc/{w}/status").read().lower()]
-    assert not alive, f"workers left running: {alive}"
-    finished = len(list(shards.glob("train-*/meta.json")))
+    assert not run.alive_workers(), f"workers left running: {run.alive_workers()}"
+    finished = run.finished()
     assert 3 <= finished < 40
-    out = subprocess.run([sys.executable, str(script), str(art.path), str(work)], env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(run.argv(), env=run.env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     reused, computed = map(int, out.stdout.split()[-2:])
     assert reused == finished and reused + computed == 60
+
+
+def test_workers_die_with_a_killed_parent(tmp_path, filter_plugin, shakespeare_paragraphs):
+    """A parent killed outright (OOM killer, kill -9) must not leave idle
+    workers behind holding its file descriptors (the run lock among them)."""
+    import signal
+    import subprocess
+    import time
+
+    run = _SlowFilterRun(tmp_path, filter_plugin, shakespeare_paragraphs, 2,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert len(run.workers) >= 2
+    run.proc.send_signal(signal.SIGKILL)
+    run.proc.wait(timeout=10)
+    deadline = time.time() + 5
+    while time.time() < deadline and run.alive_workers():
+        time.sleep(0.1)
+    assert not run.alive_workers(), "workers outlived their killed parent"
 
 
 def test_forked_workers_log_without_the_rich_console():
@@ -178,42 +222,6 @@ def test_forked_workers_log_without_the_rich_console():
         for h in list(logger.handlers):
             if h not in before:
                 logger.removeHandler(h)
-
-
-def test_workers_die_with_a_killed_parent(tmp_path, filter_plugin, shakespeare_paragraphs):
-    """A parent killed outright (OOM killer, kill -9) must not leave idle
-    workers behind holding its file descriptors (the run lock among them)."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    art = save_texts(tmp_path / "in", list(shakespeare_paragraphs[:3000]))
-    script = tmp_path / "run.py"
-    script.write_text(INTERRUPTED)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(filter_plugin), os.environ.get("PYTHONPATH", "")])}
-    work = tmp_path / "w"
-    proc = subprocess.Popen([sys.executable, str(script), str(art.path), str(work)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and len(list((work / "checkpoint" / "filter-shards").glob("train-*/meta.json"))) < 2:
-        time.sleep(0.05)
-    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    assert len(workers) >= 2
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
-
-    def alive(pid):
-        try:
-            return "zombie" not in open(f"/proc/{pid}/status").read().lower()
-        except FileNotFoundError:
-            return False
-
-    deadline = time.time() + 5
-    while time.time() < deadline and any(alive(w) for w in workers):
-        time.sleep(0.1)
-    assert not [w for w in workers if alive(w)], "workers outlived their killed parent"
 
 
 def test_outputs_keep_class_labels_and_split_names(tmp_path, shakespeare_paragraphs):
