@@ -4,27 +4,69 @@ The public API for stage plugins (this module imports no heavy library)::
 
     from recipe_runner import Stage, Params, Input, StageContext, StageError, Artifact, DATASET, MODEL
 """
+
 from .artifacts import (
     ADAPTER,
     DATASET,
+    DOCUMENT_SEPARATOR,
     EVAL_REPORT,
     GGUF_FILE,
     KINDS,
+    MAX_POSITIONS,
     MODEL,
     PACKED_DATASET,
     PREFERENCE_DATASET,
     QUANTIZED_MODEL,
     REWARD_MODEL,
+    SEQ_LENGTH,
     TOKENIZED_DATASET,
     TOKENIZER,
+    VOCAB_SIZE,
     Artifact,
 )
-from .stage import Input, Params, PlanView, Stage, StageContext, StageError
+from .stage import (
+    Facts,
+    Input,
+    Lineage,
+    Params,
+    PlanView,
+    Stage,
+    StageContext,
+    StageError,
+    StageRef,
+    Upstream,
+    UpstreamRecord,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Artifact", "Input", "Params", "PlanView", "Stage", "StageContext", "StageError", "KINDS",
-    "DATASET", "TOKENIZED_DATASET", "PACKED_DATASET", "TOKENIZER", "MODEL", "ADAPTER", "PREFERENCE_DATASET",
-    "REWARD_MODEL", "EVAL_REPORT", "QUANTIZED_MODEL", "GGUF_FILE",
+    "ADAPTER",
+    "DATASET",
+    "DOCUMENT_SEPARATOR",
+    "EVAL_REPORT",
+    "GGUF_FILE",
+    "KINDS",
+    "MAX_POSITIONS",
+    "MODEL",
+    "PACKED_DATASET",
+    "PREFERENCE_DATASET",
+    "QUANTIZED_MODEL",
+    "REWARD_MODEL",
+    "SEQ_LENGTH",
+    "TOKENIZED_DATASET",
+    "TOKENIZER",
+    "VOCAB_SIZE",
+    "Artifact",
+    "Facts",
+    "Input",
+    "Lineage",
+    "Params",
+    "PlanView",
+    "Stage",
+    "StageContext",
+    "StageError",
+    "StageRef",
+    "Upstream",
+    "UpstreamRecord",
 ]

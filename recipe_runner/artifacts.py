@@ -4,6 +4,7 @@ An artifact is a directory (or file) on disk plus its kind and a little
 metadata.  Kinds are plain strings so third-party plugins can add their own;
 the well-known ones are listed in ``KINDS`` with what their directory holds.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -22,10 +23,18 @@ EVAL_REPORT = "eval_report"
 QUANTIZED_MODEL = "quantized_model"
 GGUF_FILE = "gguf_file"
 
+# Well-known fact keys (Stage.output_facts): what a stage can tell, at plan
+# time, about an output, so that downstream checks need not know its plugin.
+SEQ_LENGTH = "seq_length"  # packed dataset: tokens per row
+MAX_POSITIONS = "max_positions"  # model: max_position_embeddings
+VOCAB_SIZE = "vocab_size"  # model or tokenizer: vocabulary size
+DOCUMENT_SEPARATOR = "document_separator"  # tokenized dataset: documents carry a BOS or EOS token (bool)
+
 KINDS: dict[str, str] = {
     DATASET: "a datasets.DatasetDict saved to disk (splits 'train' and optionally 'validation'), text in a column",
     TOKENIZED_DATASET: "a DatasetDict with 'input_ids' and 'num_tokens' per document",
-    PACKED_DATASET: "a DatasetDict of fixed-length training rows: 'input_ids' (and 'labels' / 'position_ids' where needed)",
+    PACKED_DATASET: "a DatasetDict of fixed-length training rows: 'input_ids' "
+    "(and 'labels' / 'position_ids' where needed)",
     TOKENIZER: "a Hugging Face tokenizer directory (AutoTokenizer.from_pretrained)",
     MODEL: "a Hugging Face model directory with safetensors weights (AutoModelForCausalLM.from_pretrained)",
     ADAPTER: "a PEFT adapter directory (PeftModel.from_pretrained)",
@@ -57,7 +66,7 @@ class Artifact:
         return {"kind": self.kind, "path": str(path), "meta": self.meta}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], base: Path | None = None, **extra: Any) -> "Artifact":
+    def from_json(cls, data: dict[str, Any], base: Path | None = None, **extra: Any) -> Artifact:
         path = Path(data["path"])
         if base is not None and not path.is_absolute():
             path = base / path

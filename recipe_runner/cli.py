@@ -1,19 +1,28 @@
 """The `recipe` command line.  Imports stay light: nothing here (nor in the
 engine modules it loads) imports torch; stages import heavy libraries only
 when they run."""
+
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .recipe import Recipe
+    from .runner import PlanItem
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
-                  help="Build language models from declarative YAML recipes.\n\n"
-                       "recipe run RECIPE runs its stages with content-addressed caching; "
-                       "re-running resumes where it stopped.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Build language models from declarative YAML recipes.\n\n"
+    "recipe run RECIPE runs its stages with content-addressed caching; "
+    "re-running resumes where it stopped.",
+)
 
 EXIT_OK, EXIT_STAGE_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -22,7 +31,7 @@ SetOpt = typer.Option(None, "--set", help="override a value: KEY.PATH=VALUE (VAL
 WorkdirOpt = typer.Option(Path("runs"), "--workdir", help="where run directories live")
 
 
-def _load(recipe: str, overrides: list[str] | None):
+def _load(recipe: str, overrides: list[str] | None) -> Recipe:
     from .errors import RecipeError
     from .recipe import load_recipe
 
@@ -30,7 +39,7 @@ def _load(recipe: str, overrides: list[str] | None):
         return load_recipe(_recipe_path(recipe), overrides or [])
     except RecipeError as e:
         typer.echo(e.format(), err=True)
-        raise typer.Exit(EXIT_INVALID)
+        raise typer.Exit(EXIT_INVALID) from None
 
 
 def _recipe_path(recipe: str) -> Path:
@@ -45,12 +54,14 @@ def _recipe_path(recipe: str) -> Path:
 @app.command()
 def run(
     recipe: str = RecipeArg,
-    set_: Optional[list[str]] = SetOpt,
+    set_: list[str] | None = SetOpt,
     workdir: Path = WorkdirOpt,
-    from_: Optional[str] = typer.Option(None, "--from", help="start at this stage (earlier ones must be cached)"),
-    until: Optional[str] = typer.Option(None, "--until", help="stop after this stage"),
-    only: Optional[list[str]] = typer.Option(None, "--only", help="run just this stage (repeatable)"),
-    force: Optional[list[str]] = typer.Option(None, "--force", help="re-run this stage (and what depends on it) even if cached"),
+    from_: str | None = typer.Option(None, "--from", help="start at this stage (earlier ones must be cached)"),
+    until: str | None = typer.Option(None, "--until", help="stop after this stage"),
+    only: list[str] | None = typer.Option(None, "--only", help="run just this stage (repeatable)"),
+    force: list[str] | None = typer.Option(
+        None, "--force", help="re-run this stage (and what depends on it) even if cached"
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, run nothing"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -70,17 +81,20 @@ def run(
         result = runner.run(sel)
     except RunError as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(EXIT_INVALID)
+        raise typer.Exit(EXIT_INVALID) from None
     except KeyboardInterrupt as e:
         typer.echo(f"stopped: {e}", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     stdout.print(summary_table(result.manifest, f"recipe {r.name}"))
     typer.echo(f"run directory: {runner.store.root}\nmanifest: {runner.store.manifest_path}")
     typer.echo(f"runner overhead: {result.runner_seconds:.2f}s (time outside the stages' own work)")
     if not result.ok:
         typer.echo(f"stage '{result.failed_stage}' failed: {result.error}", err=True)
-        typer.echo("fix the cause and run the same command again: finished stages are reused and "
-                   "the failed one resumes from its checkpoints.", err=True)
+        typer.echo(
+            "fix the cause and run the same command again: finished stages are reused and "
+            "the failed one resumes from its checkpoints.",
+            err=True,
+        )
         raise typer.Exit(EXIT_STAGE_FAILED)
 
 
@@ -90,8 +104,13 @@ def _print_event(event: str, data: dict[str, Any]) -> None:
     item = data["item"]
     log = logging.getLogger("recipe_runner")
     if event == "start":
-        log.info("stage %s (%s): running [%s] fingerprint %s", item.stage.name, item.stage.type, item.reason,
-                 item.fingerprint[:12])
+        log.info(
+            "stage %s (%s): running [%s] fingerprint %s",
+            item.stage.name,
+            item.stage.type,
+            item.reason,
+            item.fingerprint[:12],
+        )
     elif event == "cached":
         log.info("stage %s (%s): cached", item.stage.name, item.stage.type)
     elif event == "end":
@@ -102,7 +121,7 @@ def _print_event(event: str, data: dict[str, Any]) -> None:
             log.error("stage %s: %s", item.stage.name, e.get("error"))
 
 
-def _print_plan(items, name: str) -> None:
+def _print_plan(items: list[PlanItem], name: str) -> None:
     from rich.table import Table
 
     from .console import stdout
@@ -117,21 +136,27 @@ def _print_plan(items, name: str) -> None:
 
 
 @app.command()
-def validate(recipe: str = RecipeArg, set_: Optional[list[str]] = SetOpt) -> None:
+def validate(recipe: str = RecipeArg, set_: list[str] | None = SetOpt) -> None:
     """Check a recipe (schema, every stage's parameters, inputs between stages) without running anything."""
     r = _load(recipe, set_)
     typer.echo(f"{r.file}: ok ({len(r.stages)} stages: {', '.join(s.name for s in r.stages)})")
 
 
 @app.command()
-def plan(recipe: str = RecipeArg, set_: Optional[list[str]] = SetOpt, workdir: Path = WorkdirOpt,
-         from_: Optional[str] = typer.Option(None, "--from"), until: Optional[str] = typer.Option(None, "--until"),
-         only: Optional[list[str]] = typer.Option(None, "--only"),
-         force: Optional[list[str]] = typer.Option(None, "--force"),
-         as_json: bool = typer.Option(False, "--json")) -> None:
+def plan(
+    recipe: str = RecipeArg,
+    set_: list[str] | None = SetOpt,
+    workdir: Path = WorkdirOpt,
+    from_: str | None = typer.Option(None, "--from"),
+    until: str | None = typer.Option(None, "--until"),
+    only: list[str] | None = typer.Option(None, "--only"),
+    force: list[str] | None = typer.Option(None, "--force"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """Show what `recipe run` would do and why (new / parameters changed / input changed / cached)."""
     from .errors import RunError
-    from .runner import Selection, plan as make_plan
+    from .runner import Selection
+    from .runner import plan as make_plan
     from .store import RunStore
 
     r = _load(recipe, set_)
@@ -139,17 +164,33 @@ def plan(recipe: str = RecipeArg, set_: Optional[list[str]] = SetOpt, workdir: P
         items = make_plan(r, RunStore(workdir, r.name), Selection(from_, until, list(only or []), list(force or [])))
     except RunError as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(EXIT_INVALID)
+        raise typer.Exit(EXIT_INVALID) from None
     if as_json:
-        typer.echo(json.dumps([{"name": i.stage.name, "type": i.stage.type, "action": i.action, "reason": i.reason,
-                                "fingerprint": i.fingerprint} for i in items], indent=2))
+        typer.echo(
+            json.dumps(
+                [
+                    {
+                        "name": i.stage.name,
+                        "type": i.stage.type,
+                        "action": i.action,
+                        "reason": i.reason,
+                        "fingerprint": i.fingerprint,
+                    }
+                    for i in items
+                ],
+                indent=2,
+            )
+        )
     else:
         _print_plan(items, r.name)
 
 
 @app.command()
-def show(recipe: str = RecipeArg, set_: Optional[list[str]] = SetOpt,
-         full: bool = typer.Option(False, "--full", help="also print every parameter's default")) -> None:
+def show(
+    recipe: str = RecipeArg,
+    set_: list[str] | None = SetOpt,
+    full: bool = typer.Option(False, "--full", help="also print every parameter's default"),
+) -> None:
     """Print the fully resolved recipe (after extends, --set and ${vars})."""
     import yaml
 
@@ -158,8 +199,12 @@ def show(recipe: str = RecipeArg, set_: Optional[list[str]] = SetOpt,
 
 
 @app.command()
-def status(recipe: str = RecipeArg, set_: Optional[list[str]] = SetOpt, workdir: Path = WorkdirOpt,
-           as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+def status(
+    recipe: str = RecipeArg,
+    set_: list[str] | None = SetOpt,
+    workdir: Path = WorkdirOpt,
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
     """State of each stage of a recipe's run directory: pending, running, done or failed."""
     from .console import stdout, summary_table
     from .runner import status as run_status
@@ -173,7 +218,7 @@ def status(recipe: str = RecipeArg, set_: Optional[list[str]] = SetOpt, workdir:
 
 
 @app.command()
-def stages(name: Optional[str] = typer.Argument(None, help="a stage type: print its parameters")) -> None:
+def stages(name: str | None = typer.Argument(None, help="a stage type: print its parameters")) -> None:
     """List installed stage plugins, or one stage's parameters."""
     from rich.markup import escape
     from rich.table import Table
@@ -200,15 +245,18 @@ def stages(name: Optional[str] = typer.Argument(None, help="a stage type: print 
         cls = reg.load(name)
     except PluginError as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(EXIT_INVALID)
+        raise typer.Exit(EXIT_INVALID) from None
     d = reg.describe(name)
     stdout.print(f"[bold]{name}[/] v{d['version']} from {escape(d['distribution'])}\n{escape(d['description'])}\n")
     p = cls.Params() if not any(f.is_required() for f in cls.Params.model_fields.values()) else None
     ins = cls.input_slots(p) if p is not None else cls.inputs
     outs = cls.output_slots(p) if p is not None else cls.outputs
     if ins:
-        stdout.print("inputs:  " + ", ".join(f"{k} ({' | '.join(v.kinds)}{', optional' if v.optional else ''})"
-                                              for k, v in ins.items()), markup=False)
+        stdout.print(
+            "inputs:  "
+            + ", ".join(f"{k} ({' | '.join(v.kinds)}{', optional' if v.optional else ''})" for k, v in ins.items()),
+            markup=False,
+        )
     if outs:
         stdout.print("outputs: " + ", ".join(f"{k} ({v})" for k, v in outs.items()), markup=False)
     t = Table(title="parameters")
@@ -220,7 +268,7 @@ def stages(name: Optional[str] = typer.Argument(None, help="a stage type: print 
 
 
 @app.command()
-def schema(output: Optional[Path] = typer.Option(None, "--output", "-o", help="write to this file")) -> None:
+def schema(output: Path | None = typer.Option(None, "--output", "-o", help="write to this file")) -> None:
     """Print the JSON Schema of recipes, with every registered plugin's parameters."""
     from .docs import recipe_json_schema
 
@@ -233,8 +281,10 @@ def schema(output: Optional[Path] = typer.Option(None, "--output", "-o", help="w
 
 
 @app.command("new-stage")
-def new_stage(name: str = typer.Argument(..., help="registry name of the new stage, e.g. my_filter"),
-              dest: Path = typer.Option(Path("."), "--dir", help="create the package under this directory")) -> None:
+def new_stage(
+    name: str = typer.Argument(..., help="registry name of the new stage, e.g. my_filter"),
+    dest: Path = typer.Option(Path("."), "--dir", help="create the package under this directory"),
+) -> None:
     """Scaffold a stage plugin package: pyproject with the entry point, a parameter model, a test."""
     from .scaffold import scaffold
 
@@ -242,7 +292,7 @@ def new_stage(name: str = typer.Argument(..., help="registry name of the new sta
         root = scaffold(name, dest)
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(EXIT_INVALID)
+        raise typer.Exit(EXIT_INVALID) from None
     typer.echo(f"created {root}\nnext: pip install -e {root} && pytest {root}")
 
 
@@ -256,8 +306,10 @@ def ls() -> None:
 
 
 @app.command("cp")
-def cp(name: str = typer.Argument(..., help="example recipe name (see `recipe ls`)"),
-       dest: Path = typer.Argument(Path("."), help="file or directory to copy it to")) -> None:
+def cp(
+    name: str = typer.Argument(..., help="example recipe name (see `recipe ls`)"),
+    dest: Path = typer.Argument(Path("."), help="file or directory to copy it to"),
+) -> None:
     """Copy a bundled example recipe (and any base it extends) out to edit it."""
     from .examples import copy_example
 
@@ -265,7 +317,7 @@ def cp(name: str = typer.Argument(..., help="example recipe name (see `recipe ls
         written = copy_example(name, dest)
     except (FileNotFoundError, FileExistsError) as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(EXIT_INVALID)
+        raise typer.Exit(EXIT_INVALID) from None
     for w in written:
         typer.echo(f"wrote {w}")
 

@@ -1,5 +1,6 @@
 """Terminal output: rich progress bars and tables on a terminal, plain log
 lines otherwise (CI logs, pipes)."""
+
 from __future__ import annotations
 
 import logging
@@ -39,10 +40,17 @@ def setup_logging(verbose: bool = False) -> None:
 
 class RichProgressSink(ProgressSink):
     def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RP, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RP
 
-        self.rp = RP(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                     console=console, transient=True)
+        self.rp = RP(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
         self.tasks: dict[int, Any] = {}
         self.active = 0
 
@@ -115,6 +123,11 @@ def summary_table(manifest: dict[str, Any], title: str) -> Table:
     for e in manifest["stages"]:
         status = e["status"] + (" (cached)" if e.get("cached") else "")
         secs = "" if e.get("seconds") is None else f"{e['seconds']:.1f}"
-        t.add_row(e["name"], e["type"], f"[{style.get(e['status'], '')}]{status}[/]", secs,
-                  e.get("error") or format_metrics(e.get("metrics") or {}))
+        t.add_row(
+            e["name"],
+            e["type"],
+            f"[{style.get(e['status'], '')}]{status}[/]",
+            secs,
+            e.get("error") or format_metrics(e.get("metrics") or {}),
+        )
     return t

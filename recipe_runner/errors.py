@@ -1,10 +1,11 @@
 """Errors the engine reports to users: every problem found in a recipe,
 with its file, line and column, stage and field path, and a suggestion."""
+
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 
 @dataclass

@@ -1,4 +1,5 @@
 """The example recipes shipped inside the package (`recipe ls`, `recipe cp`)."""
+
 from __future__ import annotations
 
 import shutil
@@ -48,7 +49,7 @@ def copy_example(name: str, dest: Path) -> list[Path]:
         shutil.copyfile(s, t)
         written.append(t)
         ext = (yaml.safe_load(s.read_text()) or {}).get("extends")
-        for b in ([ext] if isinstance(ext, str) else ext or []):
+        for b in [ext] if isinstance(ext, str) else ext or []:
             bs = s.parent / b
             bt = t.parent / b
             if bs.exists() and not bt.exists():

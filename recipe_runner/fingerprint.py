@@ -3,6 +3,7 @@
 fingerprint = sha256(plugin name, plugin version, resolved parameters,
 fingerprints of the inputs, seed, and whatever the plugin adds through
 ``fingerprint_extra`` (e.g. stats of the local files it reads))."""
+
 from __future__ import annotations
 
 import hashlib
@@ -29,8 +30,9 @@ def stage_fingerprints(recipe: Recipe) -> dict[str, dict[str, Any]]:
     (so ``recipe plan`` can say *why* a stage will run)."""
     out: dict[str, dict[str, Any]] = {}
     for s in recipe.stages:
-        inputs = {slot: (f"{out[b.stage]['fingerprint']}:{b.output}" if b else None)
-                  for slot, b in sorted(s.bindings.items())}
+        inputs = {
+            slot: (f"{out[b.stage]['fingerprint']}:{b.output}" if b else None) for slot, b in sorted(s.bindings.items())
+        }
         parts = {
             "plugin": s.stage_cls.name,
             "version": s.stage_cls.version,
@@ -41,7 +43,9 @@ def stage_fingerprints(recipe: Recipe) -> dict[str, dict[str, Any]]:
         }
         out[s.name] = {
             "fingerprint": digest(parts),
-            "params_digest": digest([parts["plugin"], parts["version"], parts["params"], parts["extra"], parts["seed"]]),
+            "params_digest": digest(
+                [parts["plugin"], parts["version"], parts["params"], parts["extra"], parts["seed"]]
+            ),
             "inputs": inputs,
         }
     return out

@@ -5,6 +5,7 @@ lists come back as :class:`LocDict` / :class:`LocList`, which carry the
 file, line and column of each key/item, so an error found later (by pydantic,
 by a cross-stage check) can point at the exact spot, even after ``extends:``
 merges several files."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,7 +18,7 @@ from .errors import Problem, RecipeError
 Loc = tuple[str, int, int]  # file, 1-based line, 1-based column
 
 
-class LocDict(dict):
+class LocDict(dict[Any, Any]):
     """A dict with ``locs[key]`` (where the key is) and ``loc`` (where the mapping starts)."""
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -26,7 +27,7 @@ class LocDict(dict):
         self.loc: Loc | None = None
 
 
-class LocList(list):
+class LocList(list[Any]):
     def __init__(self, *args: Any):
         super().__init__(*args)
         self.locs: list[Loc | None] = [None] * len(self)
@@ -37,7 +38,7 @@ def _mark(node: yaml.Node, file: str) -> Loc:
     return (file, node.start_mark.line + 1, node.start_mark.column + 1)
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no type information
     file = "<string>"
 
 
@@ -86,8 +87,9 @@ def loads_located(text: str, file: str = "<string>") -> Any:
         msg = e.problem or str(e)
         if "could not determine a constructor" in str(e):
             msg = "YAML tags are not allowed in recipes (recipes never execute code): " + (e.problem or "")
-        raise RecipeError([Problem(msg.strip(), file, mark.line + 1 if mark else None,
-                                   mark.column + 1 if mark else None)]) from None
+        raise RecipeError(
+            [Problem(msg.strip(), file, mark.line + 1 if mark else None, mark.column + 1 if mark else None)]
+        ) from None
     except yaml.YAMLError as e:
         raise RecipeError([Problem(f"invalid YAML: {e}", file)]) from None
     finally:
@@ -103,7 +105,7 @@ def to_plain(value: Any) -> Any:
     return value
 
 
-def locate(root: Any, path: tuple) -> Loc | None:
+def locate(root: Any, path: tuple[Any, ...]) -> Loc | None:
     """The location of ``root[path[0]][path[1]]...``, or of the nearest parent
     that has one (an error in a missing key points at its mapping)."""
     best: Loc | None = getattr(root, "loc", None)

@@ -5,6 +5,7 @@ Pipeline: YAML (with locations) -> ``extends:`` merge -> ``--set`` overrides
 stage's parameters (the plugin's own model) -> input binding and cross-stage
 checks.  Every problem found is collected, with file:line, stage and field,
 and raised together as one :class:`RecipeError`."""
+
 from __future__ import annotations
 
 import os
@@ -18,9 +19,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import Problem, RecipeError, closest
-from .located_yaml import LocDict, LocList, load_located, locate, loads_located, to_plain
+from .located_yaml import LocDict, LocList, load_located, loads_located, locate, to_plain
 from .registry import PluginError, Registry, default_registry
-from .stage import Input, Params, PlanView, Stage
+from .stage import Facts, Input, Params, PlanView, Stage, Upstream
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 VAR_RE = re.compile(r"(?<!\$)\$\{([^}]*)\}")
@@ -31,11 +32,14 @@ class StageSpec(BaseModel):
     type: str = Field(description="the stage plugin's registry name (see `recipe stages`)")
     name: str | None = Field(None, description="unique stage name; defaults to the type")
     params: dict[str, Any] = Field(default_factory=dict, description="the plugin's parameters")
-    inputs: dict[str, str] = Field(default_factory=dict,
-                                   description="input slot -> earlier stage name (or 'stage.output')")
+    inputs: dict[str, str] = Field(
+        default_factory=dict, description="input slot -> earlier stage name (or 'stage.output')"
+    )
     after: str | None = Field(None, description="with extends: insert this new stage after the named base stage")
     before: str | None = Field(None, description="with extends: insert this new stage before the named base stage")
-    remove: bool = Field(False, description="with extends: drop the base stage of this name (the entry needs only `name`)")
+    remove: bool = Field(
+        False, description="with extends: drop the base stage of this name (the entry needs only `name`)"
+    )
 
 
 class RecipeSpec(BaseModel):
@@ -45,8 +49,9 @@ class RecipeSpec(BaseModel):
     seed: int = Field(0, description="global seed, part of every stage's fingerprint")
     extends: str | list[str] | None = Field(None, description="base recipe path(s), relative to this file")
     vars: dict[str, Any] = Field(default_factory=dict, description="values reused as ${vars.NAME}")
-    defaults: dict[str, Any] = Field(default_factory=dict,
-                                     description="parameters filled into every stage whose plugin has that field")
+    defaults: dict[str, Any] = Field(
+        default_factory=dict, description="parameters filled into every stage whose plugin has that field"
+    )
     stages: list[StageSpec] = Field(min_length=1)
 
 
@@ -59,15 +64,19 @@ class Binding:
     kind: str
 
 
+StageClass = type[Stage[Any]]
+
+
 @dataclass
 class ResolvedStage:
     index: int
     name: str
     type: str
-    stage_cls: type[Stage]
+    stage_cls: StageClass
     params: Params
     bindings: dict[str, Binding | None]
     outputs: dict[str, str]
+    facts: dict[str, Facts] = field(default_factory=dict)  # output -> what the plugin declared about it
 
     def params_json(self) -> dict[str, Any]:
         return self.params.model_dump(mode="json")
@@ -89,9 +98,11 @@ class Recipe:
             if s.name == name:
                 return s
         hint = closest(name, [s.name for s in self.stages])
-        raise KeyError(f"no stage named '{name}' in recipe '{self.name}'"
-                       + (f" (did you mean '{hint}'?)" if hint else "")
-                       + f"; stages: {', '.join(s.name for s in self.stages)}")
+        raise KeyError(
+            f"no stage named '{name}' in recipe '{self.name}'"
+            + (f" (did you mean '{hint}'?)" if hint else "")
+            + f"; stages: {', '.join(s.name for s in self.stages)}"
+        )
 
     def resolved_dict(self, full: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
@@ -116,6 +127,7 @@ class Recipe:
 
 # ---------------------------------------------------------------- paths/vars
 
+
 def builtin_paths(recipe_file: Path) -> dict[str, str]:
     from importlib.resources import files
 
@@ -133,6 +145,7 @@ def builtin_paths(recipe_file: Path) -> dict[str, str]:
 
 # ---------------------------------------------------------------- merging
 
+
 def _stage_key(entry: Any) -> Any:
     if isinstance(entry, dict):
         return entry.get("name") or entry.get("type")
@@ -147,13 +160,14 @@ def deep_merge(base: Any, over: Any) -> Any:
         out.loc = getattr(over, "loc", None) or getattr(base, "loc", None)
         for k, v in over.items():
             out[k] = deep_merge(base[k], v) if k in base else v
-            if k in getattr(over, "locs", {}):
-                out.locs[k] = over.locs[k]
+            over_locs = getattr(over, "locs", {})
+            if k in over_locs:
+                out.locs[k] = over_locs[k]
         return out
     return over
 
 
-def merge_stages(base: list, over: list, problems: list[Problem]) -> LocList:
+def merge_stages(base: list[Any], over: list[Any], problems: list[Problem]) -> LocList:
     """Stages merge by name: a child entry with a base stage's name deep-merges
     into it (or drops it, with ``remove: true``); a new one is appended, or
     placed by ``after:`` / ``before:``."""
@@ -167,8 +181,16 @@ def merge_stages(base: list, over: list, problems: list[Problem]) -> LocList:
         if isinstance(entry, dict) and entry.get("remove") is True:
             if idx is None:
                 loc = over_locs[i] or (None, None, None)
-                problems.append(Problem(f"remove: no base stage named '{key}'", loc[0], loc[1], loc[2],
-                                        stage=str(key), suggestion=closest(str(key), [_stage_key(b) for b in out])))
+                problems.append(
+                    Problem(
+                        f"remove: no base stage named '{key}'",
+                        loc[0],
+                        loc[1],
+                        loc[2],
+                        stage=str(key),
+                        suggestion=closest(str(key), [_stage_key(b) for b in out]),
+                    )
+                )
             else:
                 del out[idx]
                 del out.locs[idx]
@@ -182,8 +204,16 @@ def merge_stages(base: list, over: list, problems: list[Problem]) -> LocList:
             j = next((j for j, b in enumerate(out) if _stage_key(b) == anchor), None)
             if j is None:
                 loc = over_locs[i] or (None, None, None)
-                problems.append(Problem(f"no base stage named '{anchor}' to insert next to", loc[0], loc[1], loc[2],
-                                        stage=str(key), suggestion=closest(anchor, [_stage_key(b) for b in out])))
+                problems.append(
+                    Problem(
+                        f"no base stage named '{anchor}' to insert next to",
+                        loc[0],
+                        loc[1],
+                        loc[2],
+                        stage=str(key),
+                        suggestion=closest(anchor, [_stage_key(b) for b in out]),
+                    )
+                )
             else:
                 pos = j + 1 if entry.get("after") else j
         out.insert(pos, entry)
@@ -204,10 +234,12 @@ def load_merged(path: Path, problems: list[Problem], _seen: tuple[Path, ...] = (
     bases = [ext] if isinstance(ext, str) else list(ext)
     merged: Any = None
     for b in bases:
-        bpath = (path.parent / str(b))
+        bpath = path.parent / str(b)
         if not bpath.exists():
-            loc = data.locs.get("extends", (str(path), None, None))
-            raise RecipeError([Problem(f"extends: base recipe not found: {bpath}", loc[0], loc[1], loc[2], field="extends")])
+            loc = getattr(data, "locs", {}).get("extends", (str(path), None, None))
+            raise RecipeError(
+                [Problem(f"extends: base recipe not found: {bpath}", loc[0], loc[1], loc[2], field="extends")]
+            )
         base = load_merged(bpath, problems, _seen + (path,))
         merged = base if merged is None else _merge_recipe(merged, base, problems)
     out = _merge_recipe(merged, data, problems)
@@ -231,6 +263,7 @@ def _merge_recipe(base: Any, over: Any, problems: list[Problem]) -> Any:
 
 
 # ---------------------------------------------------------------- --set
+
 
 def apply_set(data: Any, assignment: str, problems: list[Problem]) -> None:
     """``a.b.c=value``; under ``stages`` a segment may name a stage."""
@@ -258,8 +291,14 @@ def apply_set(data: Any, assignment: str, problems: list[Problem]) -> None:
             else:
                 idx = next((j for j, e in enumerate(node) if _stage_key(e) == part), None)
             if idx is None:
-                problems.append(Problem(f"no stage '{part}'", where, field=".".join(parts[:i + 1]),
-                                        suggestion=closest(part, [_stage_key(e) for e in node])))
+                problems.append(
+                    Problem(
+                        f"no stage '{part}'",
+                        where,
+                        field=".".join(parts[: i + 1]),
+                        suggestion=closest(part, [_stage_key(e) for e in node]),
+                    )
+                )
                 return
             if last:
                 node[idx] = value
@@ -284,8 +323,10 @@ def apply_set(data: Any, assignment: str, problems: list[Problem]) -> None:
 
 # ---------------------------------------------------------------- ${...}
 
-def interpolate(data: Any, scopes: dict[str, dict[str, Any]], problems: list[Problem],
-                root: Any, path: tuple = ()) -> Any:
+
+def interpolate(
+    data: Any, scopes: dict[str, dict[str, Any]], problems: list[Problem], root: Any, path: tuple[Any, ...] = ()
+) -> Any:
     if isinstance(data, dict):
         for k in list(data):
             data[k] = interpolate(data[k], scopes, problems, root, path + (k,))
@@ -300,8 +341,10 @@ def interpolate(data: Any, scopes: dict[str, dict[str, Any]], problems: list[Pro
     def lookup(expr: str) -> Any:
         ns, _, key = expr.strip().partition(".")
         if ns not in scopes or not key:
-            raise LookupError(f"unknown reference '${{{expr}}}': use ${{vars.NAME}}, ${{paths.NAME}} or ${{env.NAME}}",
-                              closest(ns, scopes) if ns not in scopes else None)
+            raise LookupError(
+                f"unknown reference '${{{expr}}}': use ${{vars.NAME}}, ${{paths.NAME}} or ${{env.NAME}}",
+                closest(ns, scopes) if ns not in scopes else None,
+            )
         cur: Any = scopes[ns]
         for part in key.split("."):
             if isinstance(cur, dict) and part in cur:
@@ -322,12 +365,20 @@ def interpolate(data: Any, scopes: dict[str, dict[str, Any]], problems: list[Pro
         return out.replace("$${", "${")
     except LookupError as e:
         loc = locate(root, path) or (None, None, None)
-        problems.append(Problem(e.args[0], loc[0], loc[1], loc[2], field=_dotted(path),
-                                suggestion=e.args[1] if len(e.args) > 1 else None))
+        problems.append(
+            Problem(
+                e.args[0],
+                loc[0],
+                loc[1],
+                loc[2],
+                field=_dotted(path),
+                suggestion=e.args[1] if len(e.args) > 1 else None,
+            )
+        )
         return data
 
 
-def _dotted(path: tuple) -> str:
+def _dotted(path: tuple[Any, ...]) -> str:
     out = ""
     for p in path:
         out += f"[{p}]" if isinstance(p, int) else (("." if out else "") + str(p))
@@ -335,6 +386,7 @@ def _dotted(path: tuple) -> str:
 
 
 # ---------------------------------------------------------------- pydantic errors
+
 
 def _unwrap(tp: Any) -> list[Any]:
     """Candidate pydantic models (or containers) inside an annotation."""
@@ -349,7 +401,7 @@ def _unwrap(tp: Any) -> list[Any]:
     return [tp]
 
 
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """Field names valid at ``loc`` inside ``model`` (for did-you-mean)."""
     cands: list[Any] = [model]
     for part in loc:
@@ -363,7 +415,9 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
                     elif isinstance(part, str):
                         # a discriminated-union tag: keep the member whose tag matches
                         for f in t.model_fields.values():
-                            if typing.get_origin(f.annotation) is typing.Literal and part in typing.get_args(f.annotation):
+                            if typing.get_origin(f.annotation) is typing.Literal and part in typing.get_args(
+                                f.annotation
+                            ):
                                 nxt.append(t)
                 elif origin in (list, tuple, set) and isinstance(part, int):
                     nxt.extend(_unwrap(typing.get_args(t)[0]))
@@ -378,8 +432,9 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     return names
 
 
-def _pydantic_problems(err: ValidationError, model: type[BaseModel], root: Any, prefix: tuple,
-                       stage: str | None) -> list[Problem]:
+def _pydantic_problems(
+    err: ValidationError, model: type[BaseModel], root: Any, prefix: tuple[Any, ...], stage: str | None
+) -> list[Problem]:
     out = []
     for e in err.errors():
         loc = tuple(e["loc"])
@@ -398,15 +453,24 @@ def _pydantic_problems(err: ValidationError, model: type[BaseModel], root: Any, 
             if len(shown) > 60:
                 shown = shown[:57] + "..."
             msg = f"{msg} (got {shown})"
-        out.append(Problem(msg, f, line, col, stage=stage, field=_dotted(prefix + loc) if prefix or loc else None,
-                           suggestion=suggestion))
+        out.append(
+            Problem(
+                msg,
+                f,
+                line,
+                col,
+                stage=stage,
+                field=_dotted(prefix + loc) if prefix or loc else None,
+                suggestion=suggestion,
+            )
+        )
     return out
 
 
 # ---------------------------------------------------------------- main entry
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None,
-                registry: Registry | None = None) -> Recipe:
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, registry: Registry | None = None) -> Recipe:
     """Load, merge, interpolate and validate a recipe; raise RecipeError with
     every problem found."""
     registry = registry or default_registry()
@@ -415,8 +479,39 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None,
     data = load_merged(path, problems)
     for assignment in overrides or []:
         apply_set(data, assignment, problems)
+    _interpolate_recipe(data, path, problems)
+    if problems:
+        raise RecipeError(problems)
 
-    # ${...}: vars first (they may use paths/env and each other), then the rest
+    plain = to_plain(data)
+    spec, stage_specs = _validate_specs(plain, data, problems)
+    defaults = spec.defaults if spec else (plain.get("defaults") if isinstance(plain.get("defaults"), dict) else {})
+    file_loc = (str(path), None, None)
+    recipe_name = spec.name if spec else str(plain.get("name", ""))
+    if recipe_name and not NAME_RE.match(recipe_name):
+        f, line, col = locate(data, ("name",)) or file_loc
+        problems.append(
+            Problem(
+                f"recipe name '{recipe_name}' may use only letters, digits, '.', '_' and '-'",
+                f,
+                line,
+                col,
+                field="name",
+            )
+        )
+    resolved = _resolve_stages(stage_specs, defaults, registry, data, file_loc, problems)
+    spec_inputs = {i: s.inputs for i, s in stage_specs}
+    _bind_inputs(resolved, spec_inputs, data, file_loc, problems)
+    if not problems:
+        _check_across_stages(resolved, data, file_loc, problems)
+    if problems:
+        raise RecipeError(problems)
+    assert spec is not None
+    return Recipe(spec.name, spec.description, spec.seed, dict(spec.vars), dict(defaults), resolved, path, plain)
+
+
+def _interpolate_recipe(data: LocDict, path: Path, problems: list[Problem]) -> None:
+    """``${...}``: vars first (they may use paths/env and each other), then the rest."""
     scopes: dict[str, Any] = {"paths": builtin_paths(path), "env": dict(os.environ), "vars": {}}
     raw_vars = data.get("vars") if isinstance(data.get("vars"), dict) else {}
     scopes["vars"] = raw_vars
@@ -426,64 +521,55 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None,
     for k in list(data):
         if k != "vars":
             data[k] = interpolate(data[k], scopes, problems, data, (k,))
-    if problems:
-        raise RecipeError(problems)
 
-    # the recipe's own keys, then each stage entry on its own, so one bad
-    # entry does not hide the problems of the others
-    plain = to_plain(data)
+
+def _validate_specs(
+    plain: dict[str, Any], data: LocDict, problems: list[Problem]
+) -> tuple[RecipeSpec | None, list[tuple[int, StageSpec]]]:
+    """The recipe's own keys, then each stage entry on its own, so one bad
+    entry does not hide the problems of the others."""
     spec: RecipeSpec | None = None
     try:
         spec = RecipeSpec.model_validate(plain)
     except ValidationError as e:
-        problems.extend(p for p in _pydantic_problems(e, RecipeSpec, data, (), None)
-                        if not (p.field or "").startswith("stages["))
+        problems.extend(
+            p for p in _pydantic_problems(e, RecipeSpec, data, (), None) if not (p.field or "").startswith("stages[")
+        )
     raw_stages = plain.get("stages") if isinstance(plain.get("stages"), list) else []
     stage_specs: list[tuple[int, StageSpec]] = []
-    for i, raw in enumerate(raw_stages):
+    for i, raw in enumerate(raw_stages or []):
         try:
             stage_specs.append((i, StageSpec.model_validate(raw)))
         except ValidationError as e:
             label = (raw.get("name") or raw.get("type")) if isinstance(raw, dict) else None
             problems.extend(_pydantic_problems(e, StageSpec, data, ("stages", i), label))
-    recipe_name = spec.name if spec else str(plain.get("name", ""))
-    seed = spec.seed if spec else 0
-    defaults = spec.defaults if spec else (plain.get("defaults") if isinstance(plain.get("defaults"), dict) else {})
+    return spec, stage_specs
 
-    file_loc = (str(path), None, None)
-    if recipe_name and not NAME_RE.match(recipe_name):
-        f, line, col = locate(data, ("name",)) or file_loc
-        problems.append(Problem(f"recipe name '{recipe_name}' may use only letters, digits, '.', '_' and '-'",
-                                f, line, col, field="name"))
 
-    # stages: names, plugin types, params
+Location = tuple[str, "int | None", "int | None"]
+
+
+def _resolve_stages(
+    stage_specs: list[tuple[int, StageSpec]],
+    defaults: dict[str, Any],
+    registry: Registry,
+    data: LocDict,
+    file_loc: Location,
+    problems: list[Problem],
+) -> list[ResolvedStage]:
+    """Stage names, plugin types and parameters (recipe defaults filled in)."""
     resolved: list[ResolvedStage] = []
     seen: dict[str, int] = {}
     used_defaults: set[str] = set()
     for i, s in stage_specs:
         name = s.name or s.type
         f, line, col = locate(data, ("stages", i)) or file_loc
-        if not NAME_RE.match(name):
-            problems.append(Problem(f"stage name '{name}' may use only letters, digits, '.', '_' and '-'",
-                                    f, line, col, stage=name, field=f"stages[{i}].name"))
-        if name in seen:
-            problems.append(Problem(f"two stages are named '{name}' (the other is stages[{seen[name]}]); "
-                                    "give each a unique `name:`", f, line, col, stage=name))
+        _check_stage_name(name, i, seen, s.remove, (f, line, col), problems)
         seen[name] = i
         if s.remove:
-            problems.append(Problem(f"remove: true drops a stage of a base recipe, and no base recipe (extends:) "
-                                    f"has a stage named '{name}'", f, line, col, stage=name,
-                                    field=f"stages[{i}].remove"))
             continue
-        if s.type not in registry:
-            tf, tline, tcol = locate(data, ("stages", i, "type")) or (f, line, col)
-            problems.append(Problem(f"unknown stage type '{s.type}'", tf, tline, tcol, stage=name,
-                                    field=f"stages[{i}].type", suggestion=registry.suggest(s.type)))
-            continue
-        try:
-            cls = registry.load(s.type)
-        except PluginError as e:
-            problems.append(Problem(str(e), f, line, col, stage=name))
+        cls = _load_plugin(s.type, name, i, registry, data, (f, line, col), problems)
+        if cls is None:
             continue
         params_in = dict(to_plain(s.params))
         for k, v in defaults.items():
@@ -495,87 +581,206 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None,
         except ValidationError as e:
             problems.extend(_pydantic_problems(e, cls.Params, data, ("stages", i, "params"), name))
             continue
-        # explicit params count as "set" for `recipe show`; defaults stay implicit
         resolved.append(ResolvedStage(i, name, s.type, cls, params, {}, dict(cls.output_slots(params))))
 
     all_fields = {f for r in resolved for f in r.stage_cls.Params.model_fields}
     for k in defaults:
         if k not in used_defaults and resolved:
             f, line, col = locate(data, ("defaults", k)) or file_loc
-            problems.append(Problem(f"default '{k}' is not a parameter of any stage in this recipe",
-                                    f, line, col, field=f"defaults.{k}", suggestion=closest(k, all_fields)))
+            problems.append(
+                Problem(
+                    f"default '{k}' is not a parameter of any stage in this recipe",
+                    f,
+                    line,
+                    col,
+                    field=f"defaults.{k}",
+                    suggestion=closest(k, all_fields),
+                )
+            )
+    return resolved
 
-    # inputs: explicit or the latest upstream producer of an accepted kind
+
+def _check_stage_name(
+    name: str, i: int, seen: dict[str, int], remove: bool, loc: Location, problems: list[Problem]
+) -> None:
+    f, line, col = loc
+    if not NAME_RE.match(name):
+        problems.append(
+            Problem(
+                f"stage name '{name}' may use only letters, digits, '.', '_' and '-'",
+                f,
+                line,
+                col,
+                stage=name,
+                field=f"stages[{i}].name",
+            )
+        )
+    if name in seen:
+        problems.append(
+            Problem(
+                f"two stages are named '{name}' (the other is stages[{seen[name]}]); give each a unique `name:`",
+                f,
+                line,
+                col,
+                stage=name,
+            )
+        )
+    if remove:
+        problems.append(
+            Problem(
+                f"remove: true drops a stage of a base recipe, and no base recipe (extends:) "
+                f"has a stage named '{name}'",
+                f,
+                line,
+                col,
+                stage=name,
+                field=f"stages[{i}].remove",
+            )
+        )
+
+
+def _load_plugin(
+    type_: str, name: str, i: int, registry: Registry, data: LocDict, loc: Location, problems: list[Problem]
+) -> StageClass | None:
+    f, line, col = loc
+    if type_ not in registry:
+        tf, tline, tcol = locate(data, ("stages", i, "type")) or loc
+        problems.append(
+            Problem(
+                f"unknown stage type '{type_}'",
+                tf,
+                tline,
+                tcol,
+                stage=name,
+                field=f"stages[{i}].type",
+                suggestion=registry.suggest(type_),
+            )
+        )
+        return None
+    try:
+        return registry.load(type_)
+    except PluginError as e:
+        problems.append(Problem(str(e), f, line, col, stage=name))
+        return None
+
+
+def _bind_inputs(
+    resolved: list[ResolvedStage],
+    spec_inputs: dict[int, dict[str, str]],
+    data: LocDict,
+    file_loc: Location,
+    problems: list[Problem],
+) -> None:
+    """Each input slot: the stage the recipe names, or the latest upstream
+    producer of an accepted kind."""
     by_name = {r.name: r for r in resolved}
     for r in resolved:
-        spec_inputs = dict(stage_specs)[r.index].inputs
+        named = spec_inputs[r.index]
         slots = dict(r.stage_cls.input_slots(r.params))
-        for slot in spec_inputs:
+        for slot in named:
             if slot not in slots:
                 f, line, col = locate(data, ("stages", r.index, "inputs", slot)) or file_loc
-                problems.append(Problem(f"'{r.type}' has no input '{slot}' (its inputs: {', '.join(slots) or 'none'})",
-                                        f, line, col, stage=r.name, field=f"stages[{r.index}].inputs.{slot}",
-                                        suggestion=closest(slot, slots)))
+                problems.append(
+                    Problem(
+                        f"'{r.type}' has no input '{slot}' (its inputs: {', '.join(slots) or 'none'})",
+                        f,
+                        line,
+                        col,
+                        stage=r.name,
+                        field=f"stages[{r.index}].inputs.{slot}",
+                        suggestion=closest(slot, slots),
+                    )
+                )
         upstream = [u for u in resolved if u.index < r.index]
         for slot, want in slots.items():
-            f, line, col = locate(data, ("stages", r.index, "inputs", slot)) or locate(data, ("stages", r.index)) or file_loc
-            if slot in spec_inputs:
-                b, msg, hint = _bind_explicit(spec_inputs[slot], want, upstream, by_name, r)
+            f, line, col = (
+                locate(data, ("stages", r.index, "inputs", slot)) or locate(data, ("stages", r.index)) or file_loc
+            )
+            if slot in named:
+                b, msg, hint = _bind_explicit(named[slot], want, upstream, by_name, r)
             elif want.auto:
                 b, msg, hint = _bind_default(want, upstream)
             else:
                 b, msg, hint = None, None, None
             if b is None and msg is None and not want.optional:
-                msg = (f"needs an input '{slot}' ({' or '.join(want.kinds)}) but no earlier stage produces one; "
-                       f"add a stage that does, or name one under `inputs: {{{slot}: STAGE}}`")
+                msg = (
+                    f"needs an input '{slot}' ({' or '.join(want.kinds)}) but no earlier stage produces one; "
+                    f"add a stage that does, or name one under `inputs: {{{slot}: STAGE}}`"
+                )
             if msg:
-                problems.append(Problem(msg, f, line, col, stage=r.name, field=f"stages[{r.index}].inputs.{slot}",
-                                        suggestion=hint))
+                problems.append(
+                    Problem(msg, f, line, col, stage=r.name, field=f"stages[{r.index}].inputs.{slot}", suggestion=hint)
+                )
             r.bindings[slot] = b
 
-    # plugin cross-checks against upstream parameters
-    if not problems:
-        for r in resolved:
-            view = PlanView(r.name, r.params, {slot: (b.stage, by_name[b.stage].type, by_name[b.stage].params)
-                                               for slot, b in r.bindings.items() if b is not None})
-            try:
-                msgs = r.stage_cls.cross_check(view)
-            except Exception as e:  # a plugin bug must not hide as a crash
-                msgs = [f"cross_check of plugin '{r.type}' failed: {type(e).__name__}: {e}"]
-            for m in msgs:
-                f, line, col = locate(data, ("stages", r.index)) or file_loc
-                problems.append(Problem(m, f, line, col, stage=r.name))
 
-    if problems:
-        raise RecipeError(problems)
+def _check_across_stages(
+    resolved: list[ResolvedStage], data: LocDict, file_loc: Location, problems: list[Problem]
+) -> None:
+    """In stage order: each stage's output facts (from its inputs' facts), then
+    its plugin's cross_check against its upstream outputs."""
+    by_name = {r.name: r for r in resolved}
+    for r in resolved:
+        f, line, col = locate(data, ("stages", r.index)) or file_loc
+        upstream = {
+            slot: Upstream(
+                b.stage, by_name[b.stage].type, by_name[b.stage].params, by_name[b.stage].facts.get(b.output, {})
+            )
+            for slot, b in r.bindings.items()
+            if b is not None
+        }
+        try:
+            facts = r.stage_cls.output_facts(r.params, {slot: u.facts for slot, u in upstream.items()})
+            r.facts = {out: dict(facts.get(out, {})) for out in r.outputs}
+            msgs = r.stage_cls.cross_check(PlanView(r.name, r.params, upstream))
+        except Exception as e:  # a plugin bug must not hide as a crash
+            msgs = [f"plan-time checks of plugin '{r.type}' failed: {type(e).__name__}: {e}"]
+        problems.extend(Problem(m, f, line, col, stage=r.name) for m in msgs)
 
-    assert spec is not None
-    return Recipe(spec.name, spec.description, seed, dict(spec.vars), dict(defaults), resolved, path, plain)
 
-
-def _bind_explicit(ref: str, want: Input, upstream: list[ResolvedStage], by_name: dict[str, ResolvedStage],
-                   me: ResolvedStage) -> tuple[Binding | None, str | None, str | None]:
+def _bind_explicit(
+    ref: str, want: Input, upstream: list[ResolvedStage], by_name: dict[str, ResolvedStage], me: ResolvedStage
+) -> tuple[Binding | None, str | None, str | None]:
     stage_name, _, out_name = ref.partition(".")
     if stage_name not in by_name:
         return None, f"input names stage '{stage_name}', which does not exist", closest(stage_name, by_name)
     src = by_name[stage_name]
     if src.index >= me.index:
-        return None, f"input names stage '{stage_name}', which runs after this one (inputs must come from earlier stages)", None
+        return (
+            None,
+            f"input names stage '{stage_name}', which runs after this one (inputs must come from earlier stages)",
+            None,
+        )
     if out_name:
         if out_name not in src.outputs:
-            return None, f"stage '{stage_name}' has no output '{out_name}' (it has: {', '.join(src.outputs)})", \
-                closest(out_name, src.outputs)
+            return (
+                None,
+                f"stage '{stage_name}' has no output '{out_name}' (it has: {', '.join(src.outputs)})",
+                closest(out_name, src.outputs),
+            )
         kind = src.outputs[out_name]
         if kind not in want.kinds:
             return None, f"'{stage_name}.{out_name}' is a {kind}, but this input takes {' or '.join(want.kinds)}", None
         return Binding(stage_name, out_name, kind), None, None
     matches = [(o, k) for o, k in src.outputs.items() if k in want.kinds]
     if not matches:
-        return None, (f"stage '{stage_name}' produces {', '.join(src.outputs.values()) or 'nothing'}, "
-                      f"but this input takes {' or '.join(want.kinds)}"), None
+        return (
+            None,
+            (
+                f"stage '{stage_name}' produces {', '.join(src.outputs.values()) or 'nothing'}, "
+                f"but this input takes {' or '.join(want.kinds)}"
+            ),
+            None,
+        )
     if len(matches) > 1:
-        return None, (f"stage '{stage_name}' has several outputs this input could take "
-                      f"({', '.join(o for o, _ in matches)}); write '{stage_name}.OUTPUT'"), None
+        return (
+            None,
+            (
+                f"stage '{stage_name}' has several outputs this input could take "
+                f"({', '.join(o for o, _ in matches)}); write '{stage_name}.OUTPUT'"
+            ),
+            None,
+        )
     return Binding(stage_name, matches[0][0], matches[0][1]), None, None
 
 

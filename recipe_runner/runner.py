@@ -1,6 +1,7 @@
 """The runner: plans which stages to run, runs them in order, commits each
 output atomically under its fingerprint, and records everything in the run
 manifest.  It knows no stage: it only talks to the Stage API."""
+
 from __future__ import annotations
 
 import logging
@@ -9,15 +10,16 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .artifacts import Artifact
 from .errors import RunError
 from .fingerprint import stage_fingerprints
 from .recipe import Recipe, ResolvedStage
-from .stage import Params, ProgressSink, Stage, StageContext, StageError
+from .stage import Lineage, Params, ProgressSink, Stage, StageContext, StageError, StageRef, UpstreamRecord
 from .store import RunStore
 
 log = logging.getLogger("recipe_runner")
@@ -69,7 +71,7 @@ def plan(recipe: Recipe, store: RunStore, sel: Selection | None = None) -> list[
     names = [s.name for s in recipe.stages]
     lo = names.index(sel.from_) if sel.from_ else 0
     hi = names.index(sel.until) if sel.until else len(names) - 1
-    selected = set(sel.only) if sel.only else set(names[lo:hi + 1])
+    selected = set(sel.only) if sel.only else set(names[lo : hi + 1])
     # forcing a stage re-runs everything downstream of it that is selected
     forced: set[str] = set(sel.force)
     for s in recipe.stages:
@@ -94,8 +96,10 @@ def plan(recipe: Recipe, store: RunStore, sel: Selection | None = None) -> list[
         if action == RUN:
             missing = [b.stage for b in s.bindings.values() if b is not None and b.stage not in will_exist]
             if missing:
-                raise RunError(f"stage '{s.name}' needs the output of '{missing[0]}', which has not been run "
-                               f"with the current parameters; run it first (drop --from/--only, or use --from {missing[0]})")
+                raise RunError(
+                    f"stage '{s.name}' needs the output of '{missing[0]}', which has not been run "
+                    f"with the current parameters; run it first (drop --from/--only, or use --from {missing[0]})"
+                )
         items.append(PlanItem(s, fp["fingerprint"], fp["params_digest"], fp["inputs"], action, reason))
     return items
 
@@ -118,8 +122,20 @@ def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": sys.version.split()[0]}
-    for pkg in ("recipe-runner", "torch", "transformers", "datasets", "tokenizers", "accelerate", "peft", "trl",
-                "lm-eval", "datatrove", "gguf", "pydantic"):
+    for pkg in (
+        "recipe-runner",
+        "torch",
+        "transformers",
+        "datasets",
+        "tokenizers",
+        "accelerate",
+        "peft",
+        "trl",
+        "lm-eval",
+        "datatrove",
+        "gguf",
+        "pydantic",
+    ):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -127,8 +143,9 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def collect_outputs(stage_cls: type[Stage], params: Params, ctx: StageContext,
-                    returned: Mapping[str, Artifact]) -> dict[str, Artifact]:
+def collect_outputs(
+    stage_cls: type[Stage[Any]], params: Params, ctx: StageContext[Any], returned: Mapping[str, Artifact]
+) -> dict[str, Artifact]:
     """What ``run`` returned, else each declared output at ``output_dir/<name>``;
     every declared output must exist and have its declared kind."""
     outputs: dict[str, Artifact] = {}
@@ -154,9 +171,13 @@ def _on_term(signum: int, frame: Any) -> None:
 
 
 class Runner:
-    def __init__(self, recipe: Recipe, workdir: str | Path = "runs",
-                 progress_sink: ProgressSink | None = None,
-                 on_event: Callable[[str, dict[str, Any]], None] | None = None):
+    def __init__(
+        self,
+        recipe: Recipe,
+        workdir: str | Path = "runs",
+        progress_sink: ProgressSink | None = None,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    ):
         self.recipe = recipe
         self.store = RunStore(workdir, recipe.name)
         self.progress_sink = progress_sink
@@ -169,8 +190,10 @@ class Runner:
         t0 = time.perf_counter()
         with self.store.lock() as lock:
             if lock.took_over and lock.took_over.get("pid"):
-                log.info("took over the lock of an earlier run that ended without releasing it (pid %s)",
-                         lock.took_over.get("pid"))
+                log.info(
+                    "took over the lock of an earlier run that ended without releasing it (pid %s)",
+                    lock.took_over.get("pid"),
+                )
             items = self.plan(sel)
             manifest = self._new_manifest(items)
             self.store.write_manifest(manifest)
@@ -208,10 +231,16 @@ class Runner:
             s = it.stage
             rec = self.store.committed(s.name, it.fingerprint)
             entry: dict[str, Any] = {
-                "name": s.name, "type": s.type, "fingerprint": it.fingerprint,
-                "params_digest": it.params_digest, "inputs": it.inputs,
-                "status": "done" if rec else "pending", "cached": it.action == CACHED,
-                "artifact": None, "seconds": None, "metrics": {},
+                "name": s.name,
+                "type": s.type,
+                "fingerprint": it.fingerprint,
+                "params_digest": it.params_digest,
+                "inputs": it.inputs,
+                "status": "done" if rec else "pending",
+                "cached": it.action == CACHED,
+                "artifact": None,
+                "seconds": None,
+                "metrics": {},
             }
             if rec:
                 entry.update(self._record_view(s.name, it.fingerprint, rec))
@@ -224,7 +253,10 @@ class Runner:
             "recipe": self.recipe.name,
             "recipe_file": str(self.recipe.file.resolve()),
             "run_dir": str(self.store.root),
-            "started": _now(), "finished": None, "status": "running", "pid": os.getpid(),
+            "started": _now(),
+            "finished": None,
+            "status": "running",
+            "pid": os.getpid(),
             "versions": package_versions(),
             "resolved_recipe": self.recipe.resolved_dict(full=True),
             "stages": stages,
@@ -232,22 +264,30 @@ class Runner:
 
     def _record_view(self, name: str, fp: str, rec: dict[str, Any]) -> dict[str, Any]:
         base = self.store.committed_dir(name, fp)
-        arts = {k: str(base / v["path"]) if not Path(v["path"]).is_absolute() else v["path"]
-                for k, v in rec.get("outputs", {}).items()}
-        return {"artifact": next(iter(arts.values())) if len(arts) == 1 else arts,
-                "seconds": rec.get("seconds"), "metrics": rec.get("metrics", {})}
-
-    def _lineage(self, item: PlanItem, manifest: dict[str, Any]) -> dict[str, Any]:
-        ups = [e for e in manifest["stages"] if e["name"] in self._ancestors(item.stage)]
-        return {
-            "recipe": self.recipe.name,
-            "recipe_file": str(self.recipe.file),
-            "seed": self.recipe.seed,
-            "stage": {"name": item.stage.name, "type": item.stage.type, "fingerprint": item.fingerprint},
-            "upstream": [{"name": e["name"], "type": e["type"], "fingerprint": e["fingerprint"],
-                          "metrics": e.get("metrics", {})} for e in ups],
-            "versions": manifest.get("versions", {}),
+        arts = {
+            k: str(base / v["path"]) if not Path(v["path"]).is_absolute() else v["path"]
+            for k, v in rec.get("outputs", {}).items()
         }
+        return {
+            "artifact": next(iter(arts.values())) if len(arts) == 1 else arts,
+            "seconds": rec.get("seconds"),
+            "metrics": rec.get("metrics", {}),
+        }
+
+    def _lineage(self, item: PlanItem, manifest: dict[str, Any]) -> Lineage:
+        ancestors = self._ancestors(item.stage)
+        return Lineage(
+            recipe=self.recipe.name,
+            recipe_file=str(self.recipe.file),
+            seed=self.recipe.seed,
+            stage=StageRef(item.stage.name, item.stage.type, item.fingerprint),
+            upstream=tuple(
+                UpstreamRecord(e["name"], e["type"], e["fingerprint"], e.get("metrics", {}))
+                for e in manifest["stages"]
+                if e["name"] in ancestors
+            ),
+            versions=manifest.get("versions", {}),
+        )
 
     def _ancestors(self, stage: ResolvedStage) -> set[str]:
         out: set[str] = set()
@@ -265,7 +305,7 @@ class Runner:
             if b is None:
                 out[slot] = None
                 continue
-            producer_fp = item.inputs[slot].split(":", 1)[0]
+            producer_fp = str(item.inputs[slot]).split(":", 1)[0]
             out[slot] = self.store.outputs(b.stage, producer_fp)[b.output]
         return out
 
@@ -281,9 +321,17 @@ class Runner:
         entry.update(status="running", cached=False, started=_now(), error=None)
         self.store.write_manifest(manifest)
         ctx = StageContext(
-            name=s.name, params=s.params, inputs={}, output_dir=tmp / "outputs", checkpoint_dir=ckpt,
-            seed=self.recipe.seed, log=stage_log, resumed=resumed, recipe_name=self.recipe.name,
-            lineage=self._lineage(item, manifest), progress_sink=self.progress_sink,
+            name=s.name,
+            params=s.params,
+            inputs={},
+            output_dir=tmp / "outputs",
+            checkpoint_dir=ckpt,
+            seed=self.recipe.seed,
+            log=stage_log,
+            resumed=resumed,
+            recipe_name=self.recipe.name,
+            lineage=self._lineage(item, manifest),
+            progress_sink=self.progress_sink,
         )
         t = time.perf_counter()
         try:
@@ -294,15 +342,24 @@ class Runner:
             outputs = collect_outputs(s.stage_cls, s.params, ctx, returned)
             seconds = time.perf_counter() - t
             record = {
-                "stage": s.name, "type": s.type, "plugin_version": s.stage_cls.version,
+                "stage": s.name,
+                "type": s.type,
+                "plugin_version": s.stage_cls.version,
                 "outputs": {k: a.to_json(relative_to=tmp) for k, a in outputs.items()},
-                "metrics": _jsonable(ctx.metrics), "seconds": round(seconds, 3), "finished": _now(),
-                "params": s.params_json(), "inputs": item.inputs, "resumed": resumed,
+                "metrics": _jsonable(ctx.metrics),
+                "seconds": round(seconds, 3),
+                "finished": _now(),
+                "params": s.params_json(),
+                "inputs": item.inputs,
+                "resumed": resumed,
             }
             self.store.commit(s.name, item.fingerprint, tmp, record)
-            entry.update(status="done", seconds=record["seconds"], finished=record["finished"],
-                         **{k: v for k, v in self._record_view(s.name, item.fingerprint, record).items()
-                            if k != "seconds"})
+            entry.update(
+                status="done",
+                seconds=record["seconds"],
+                finished=record["finished"],
+                **{k: v for k, v in self._record_view(s.name, item.fingerprint, record).items() if k != "seconds"},
+            )
             ok = True
         except (Exception, KeyboardInterrupt, _Interrupted) as e:
             seconds = time.perf_counter() - t
@@ -313,8 +370,14 @@ class Runner:
             else:
                 msg = f"{type(e).__name__}: {e}"
             stage_log.error("stage failed: %s\n%s", msg, traceback.format_exc())
-            entry.update(status="failed", error=msg, seconds=round(seconds, 3), finished=_now(),
-                         metrics=_jsonable(ctx.metrics), log=str(self.store.logs_dir / f"{s.name}.log"))
+            entry.update(
+                status="failed",
+                error=msg,
+                seconds=round(seconds, 3),
+                finished=_now(),
+                metrics=_jsonable(ctx.metrics),
+                log=str(self.store.logs_dir / f"{s.name}.log"),
+            )
             ok = False
             if isinstance(e, (KeyboardInterrupt, _Interrupted)):
                 self.store.write_manifest(manifest)
@@ -362,14 +425,25 @@ def status(recipe: Recipe, workdir: str | Path) -> dict[str, Any]:
         rec = store.committed(s.name, fp)
         last = prev.get(s.name, {})
         same = last.get("fingerprint") == fp
-        entry: dict[str, Any] = {"name": s.name, "type": s.type, "status": "pending",
-                                 "cached": bool(same and last.get("cached")), "fingerprint": fp,
-                                 "artifact": None, "seconds": None, "metrics": {}}
+        entry: dict[str, Any] = {
+            "name": s.name,
+            "type": s.type,
+            "status": "pending",
+            "cached": bool(same and last.get("cached")),
+            "fingerprint": fp,
+            "artifact": None,
+            "seconds": None,
+            "metrics": {},
+        }
         if rec is not None:
             base = store.committed_dir(s.name, fp)
             arts = {k: str(base / v["path"]) for k, v in rec.get("outputs", {}).items()}
-            entry.update(status="done", seconds=rec.get("seconds"), metrics=rec.get("metrics", {}),
-                         artifact=next(iter(arts.values())) if len(arts) == 1 else arts)
+            entry.update(
+                status="done",
+                seconds=rec.get("seconds"),
+                metrics=rec.get("metrics", {}),
+                artifact=next(iter(arts.values())) if len(arts) == 1 else arts,
+            )
         elif same and last.get("status") == "running":
             entry["status"] = "running" if holder else "failed"
             if not holder:

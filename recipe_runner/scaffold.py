@@ -1,10 +1,11 @@
 """`recipe new-stage NAME`: a ready-to-install stage plugin package."""
+
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-PYPROJECT = '''[build-system]
+PYPROJECT = """[build-system]
 requires = ["setuptools>=68"]
 build-backend = "setuptools.build_meta"
 
@@ -24,7 +25,7 @@ test = ["pytest"]
 
 [tool.setuptools]
 packages = ["{pkg}"]
-'''
+"""
 
 MODULE = '''"""The `{name}` stage.  Use it in a recipe as:
 
@@ -69,7 +70,7 @@ class {cls}(Stage):
         ctx.metrics["documents_out"] = sum(len(ds[s]) for s in ds)
 '''
 
-TEST = '''from datasets import Dataset, DatasetDict
+TEST = """from datasets import Dataset, DatasetDict
 
 from recipe_runner import Artifact, DATASET
 from recipe_runner.testing import run_stage
@@ -81,7 +82,7 @@ def test_{name}_keeps_long_documents(tmp_path):
     DatasetDict({{"train": Dataset.from_dict({{"text": ["short", "a much longer document"]}})}}).save_to_disk(str(src))
     result = run_stage({cls}, {{"min_chars": 10}}, inputs={{"dataset": Artifact(DATASET, src)}}, workdir=tmp_path / "w")
     assert result.metrics == {{"documents_in": 2, "documents_out": 1}}
-'''
+"""
 
 
 def scaffold(name: str, dest: Path) -> Path:
@@ -94,10 +95,12 @@ def scaffold(name: str, dest: Path) -> Path:
         raise ValueError(f"{root} already exists")
     (root / pkg).mkdir(parents=True)
     (root / "tests").mkdir()
-    fmt = dict(name=name, dash=name.replace("_", "-"), pkg=pkg, cls=cls)
+    fmt = {"name": name, "dash": name.replace("_", "-"), "pkg": pkg, "cls": cls}
     (root / "pyproject.toml").write_text(PYPROJECT.format(**fmt))
     (root / pkg / "__init__.py").write_text(MODULE.format(**fmt))
     (root / "tests" / f"test_{name}.py").write_text(TEST.format(**fmt))
-    (root / "README.md").write_text(f"# recipe-stage-{fmt['dash']}\n\nA recipe-runner stage plugin `{name}`.\n\n"
-                                    f"    pip install -e .\n    recipe stages {name}\n    pytest\n")
+    (root / "README.md").write_text(
+        f"# recipe-stage-{fmt['dash']}\n\nA recipe-runner stage plugin `{name}`.\n\n"
+        f"    pip install -e .\n    recipe stages {name}\n    pytest\n"
+    )
     return root

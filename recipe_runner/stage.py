@@ -5,12 +5,14 @@ A plugin subclasses :class:`Stage`, declares a pydantic parameter model
 and implements :meth:`Stage.run`.  The engine never imports a stage module by
 name: plugins are found through the ``recipe_runner.stages`` entry-point group.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -45,21 +47,82 @@ class Input:
         object.__setattr__(self, "auto", auto)
 
 
+P = TypeVar("P", bound=Params)
+
+Facts = Mapping[str, Any]
+"""What a stage declares, at plan time, about one of its outputs (keys such as
+:data:`~recipe_runner.artifacts.SEQ_LENGTH`): downstream checks read these
+instead of another plugin's parameter names."""
+
+
+class Upstream(NamedTuple):
+    """The producer of one bound input slot, as a ``cross_check`` sees it."""
+
+    stage: str
+    type: str
+    params: Params
+    facts: Facts
+
+
 @dataclass
-class PlanView:
+class PlanView(Generic[P]):
     """What a stage's ``cross_check`` sees at validate time: its own params and,
-    for each resolved input slot, the producing stage's name, type and params."""
+    for each bound input slot, the producing stage and the facts of the output
+    bound there."""
 
     name: str
-    params: Params
-    upstream: dict[str, tuple[str, str, Params]] = field(default_factory=dict)
+    params: P
+    upstream: dict[str, Upstream] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StageRef:
+    name: str
+    type: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class UpstreamRecord:
+    """One stage upstream of the running one: who it was and what it measured."""
+
+    name: str
+    type: str
+    fingerprint: str
+    metrics: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a stage's output comes from: the recipe, the stage, every stage
+    upstream of it (first to last) and the package versions of the run."""
+
+    recipe: str
+    recipe_file: str
+    seed: int
+    stage: StageRef
+    upstream: tuple[UpstreamRecord, ...] = ()
+    versions: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "recipe": self.recipe,
+            "recipe_file": self.recipe_file,
+            "seed": self.seed,
+            "stage": {"name": self.stage.name, "type": self.stage.type, "fingerprint": self.stage.fingerprint},
+            "upstream": [
+                {"name": u.name, "type": u.type, "fingerprint": u.fingerprint, "metrics": dict(u.metrics)}
+                for u in self.upstream
+            ],
+            "versions": dict(self.versions),
+        }
 
 
 class Progress:
     """Progress reporting handed to stages; the CLI renders it (rich bar on a
     terminal, periodic log lines otherwise)."""
 
-    def __init__(self, sink: "ProgressSink | None", description: str, total: float | None):
+    def __init__(self, sink: ProgressSink | None, description: str, total: float | None):
         self._sink = sink
         self.description = description
         self.total = total
@@ -83,11 +146,11 @@ class ProgressSink:
 
 
 @dataclass
-class StageContext:
+class StageContext(Generic[P]):
     """Everything a running stage gets from the runner."""
 
     name: str
-    params: Params
+    params: P
     inputs: dict[str, Artifact | None]
     output_dir: Path
     checkpoint_dir: Path
@@ -96,7 +159,7 @@ class StageContext:
     metrics: dict[str, Any] = field(default_factory=dict)
     resumed: bool = False
     recipe_name: str = ""
-    lineage: dict[str, Any] = field(default_factory=dict)
+    lineage: Lineage | None = None
     progress_sink: ProgressSink | None = None
 
     def output_path(self, output: str) -> Path:
@@ -111,7 +174,7 @@ class StageContext:
             raise KeyError(f"stage {self.name!r} has no input {slot!r}")
         return art
 
-    def progress(self, description: str, total: float | None = None) -> "_ProgressCM":
+    def progress(self, description: str, total: float | None = None) -> _ProgressCM:
         return _ProgressCM(Progress(self.progress_sink, description, total), self.progress_sink)
 
 
@@ -129,8 +192,9 @@ class _ProgressCM:
             self.sink.stop(self.progress)
 
 
-class Stage:
-    """Base class of stage plugins.
+class Stage(Generic[P]):
+    """Base class of stage plugins, generic over its parameter model:
+    ``class PackStage(Stage[PackParams])`` makes ``ctx.params`` a ``PackParams``.
 
     Class attributes a plugin sets:
 
@@ -153,26 +217,34 @@ class Stage:
     aliases: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
-    def input_slots(cls, params: Params) -> Mapping[str, Input]:
+    def input_slots(cls, params: P) -> Mapping[str, Input]:
         return cls.inputs
 
     @classmethod
-    def output_slots(cls, params: Params) -> Mapping[str, str]:
+    def output_slots(cls, params: P) -> Mapping[str, str]:
         return cls.outputs
 
     @classmethod
-    def fingerprint_extra(cls, params: Params) -> Any:
+    def fingerprint_extra(cls, params: P) -> Any:
         """Extra content the fingerprint must cover, e.g. the size and mtime of
         local files a source stage reads.  Must be cheap."""
         return None
 
     @classmethod
-    def cross_check(cls, view: PlanView) -> list[str]:
-        """Consistency checks against upstream stages' parameters, run at
-        validate time.  Return a list of error messages."""
+    def output_facts(cls, params: P, inputs: Mapping[str, Facts]) -> Mapping[str, Facts]:
+        """Facts known at plan time about each output (output name -> facts),
+        e.g. ``{"dataset": {SEQ_LENGTH: 1024}}``.  ``inputs`` holds the facts of
+        each bound input slot, so a stage can pass them through (a trained model
+        keeps its input model's ``MAX_POSITIONS``)."""
+        return {}
+
+    @classmethod
+    def cross_check(cls, view: PlanView[P]) -> list[str]:
+        """Consistency checks against upstream outputs (``view.upstream[slot].facts``),
+        run at validate time.  Return a list of error messages."""
         return []
 
-    def run(self, ctx: StageContext) -> Mapping[str, Artifact] | None:
+    def run(self, ctx: StageContext[P]) -> Mapping[str, Artifact] | None:
         """Do the work.  Write each declared output under ``ctx.output_path(name)``
         and return ``{name: Artifact}`` (or None to take the defaults: each
         output at ``ctx.output_dir / name`` with empty metadata)."""

@@ -11,6 +11,7 @@ Layout under ``WORKDIR/RECIPE_NAME/``::
     manifest.json                   the last run's manifest
     .lock                           held (flock) while a run writes here
 """
+
 from __future__ import annotations
 
 import errno
@@ -21,7 +22,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .artifacts import Artifact
 from .errors import RunError
@@ -76,8 +77,10 @@ class RunStore:
         if rec is None:
             raise RunError(f"stage '{stage}' has no committed output for fingerprint {fingerprint[:12]}")
         base = self.committed_dir(stage, fingerprint)
-        return {name: Artifact.from_json(a, base, producer=stage, fingerprint=fingerprint)
-                for name, a in rec["outputs"].items()}
+        return {
+            name: Artifact.from_json(a, base, producer=stage, fingerprint=fingerprint)
+            for name, a in rec["outputs"].items()
+        }
 
     def prepare(self, stage: str, fingerprint: str) -> tuple[Path, Path]:
         """A fresh temporary output dir and the (kept) checkpoint dir."""
@@ -116,8 +119,14 @@ class RunStore:
     def _wait_for_commit(self, stage: str, fingerprint: str, timeout: float = 3600) -> Path:
         deadline = time.time() + timeout
         while self.committed(stage, fingerprint) is None:
-            entry = next((e for e in (self.read_manifest() or {}).get("stages", [])
-                          if e.get("name") == stage and e.get("fingerprint") == fingerprint), None)
+            entry = next(
+                (
+                    e
+                    for e in (self.read_manifest() or {}).get("stages", [])
+                    if e.get("name") == stage and e.get("fingerprint") == fingerprint
+                ),
+                None,
+            )
             if entry is not None and entry.get("status") == "failed":
                 raise RunError(f"rank {self.rank}: rank 0 failed stage '{stage}': {entry.get('error')}")
             if time.time() > deadline:
@@ -132,7 +141,8 @@ class RunStore:
     # ---- manifest
     def read_manifest(self) -> dict[str, Any] | None:
         try:
-            return json.loads(self.manifest_path.read_text())
+            manifest: dict[str, Any] = json.loads(self.manifest_path.read_text())
+            return manifest
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
@@ -145,7 +155,7 @@ class RunStore:
         os.replace(tmp, self.manifest_path)
 
     # ---- lock
-    def lock(self) -> "RunLock":
+    def lock(self) -> RunLock:
         return RunLock(self.root / ".lock", enabled=not self.rank)
 
     def lock_holder(self) -> dict[str, Any] | None:
@@ -159,7 +169,8 @@ class RunStore:
             except OSError:
                 fh.seek(0)
                 try:
-                    return json.loads(fh.read() or "{}")
+                    holder: dict[str, Any] = json.loads(fh.read() or "{}")
+                    return holder
                 except json.JSONDecodeError:
                     return {}
             fcntl.flock(fh, fcntl.LOCK_UN)
@@ -174,14 +185,14 @@ class RunLock:
     def __init__(self, path: Path, enabled: bool = True):
         self.path = path
         self.enabled = enabled
-        self.fh = None
+        self.fh: IO[str] | None = None
         self.took_over: dict[str, Any] | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         if not self.enabled:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+")
+        fh = self.path.open("a+")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -196,7 +207,8 @@ class RunLock:
             raise RunError(
                 f"run directory {self.path.parent} is in use by another `recipe run` "
                 f"(pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('started', '?')}); "
-                "wait for it to finish or stop it") from None
+                "wait for it to finish or stop it"
+            ) from None
         fh.seek(0)
         previous = fh.read()
         if previous.strip():
@@ -206,8 +218,11 @@ class RunLock:
                 self.took_over = {}
         fh.seek(0)
         fh.truncate()
-        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+        fh.write(
+            json.dumps(
+                {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            )
+        )
         fh.flush()
         self.fh = fh
         return self
@@ -221,7 +236,7 @@ class RunLock:
             self.fh.close()
             self.fh = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:

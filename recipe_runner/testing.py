@@ -1,15 +1,17 @@
 """Helpers for testing stage plugins without a recipe (for third parties too).
 
-    from recipe_runner.testing import run_stage
-    result = run_stage(MyStage, {"n": 3}, inputs={"dataset": art}, workdir=tmp_path)
-    result.outputs["dataset"].path, result.metrics
+from recipe_runner.testing import run_stage
+result = run_stage(MyStage, {"n": 3}, inputs={"dataset": art}, workdir=tmp_path)
+result.outputs["dataset"].path, result.metrics
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .artifacts import Artifact
 from .runner import collect_outputs
@@ -20,11 +22,11 @@ from .stage import Stage, StageContext
 class StageResult:
     outputs: dict[str, Artifact]
     metrics: dict[str, Any]
-    context: StageContext
+    context: StageContext[Any]
 
 
 def run_stage(
-    stage_cls: type[Stage],
+    stage_cls: type[Stage[Any]],
     params: Mapping[str, Any] | None = None,
     inputs: Mapping[str, Artifact | None] | None = None,
     workdir: Path | str = ".",

@@ -6,6 +6,7 @@
 - ``tiny_model_dir``: a randomly initialised 2-layer Llama (hidden 64) with
   that tokenizer, saved as a self-contained model directory.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,9 +61,16 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     tok = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     model = LlamaForCausalLM(cfg)
     out = tmp_path_factory.mktemp("model")

@@ -191,7 +191,7 @@ class ExportStage(Stage):
                 raise StageError(f"export: cannot read the eval report {rfile}: {e}") from None
             shutil.copy2(rfile, out / "eval_report.json")
 
-        lineage = dict(ctx.lineage or {})
+        lineage = ctx.lineage.to_json() if ctx.lineage else {}
         recipe = str(lineage.get("recipe") or lineage.get("recipe_name") or ctx.recipe_name or "")
         (out / "lineage.json").write_text(json.dumps(lineage, indent=1, default=str))
         if p.model_card:

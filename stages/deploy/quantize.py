@@ -256,7 +256,7 @@ class QuantizeStage(Stage):
         for old in out_dir.glob("*.gguf*"):  # a re-run after a crash starts the file again
             old.unlink()
         fname = f"{p.gguf_name}.{p.gguf_type}.gguf"
-        lineage = ctx.lineage or {}
+        lineage = ctx.lineage.to_json() if ctx.lineage else {}
         meta, description = lineage_metadata(ctx, model_art, p.gguf_type)
         n = len(_weight_names(model_dir))
         with ctx.progress(f"write {fname}", total=n) as prog:
@@ -329,7 +329,7 @@ def _weight_names(model_dir: Path) -> list[str]:
 def lineage_metadata(ctx: StageContext, model_art: Artifact, gguf_type: str) -> tuple[dict[str, Any], str]:
     """GGUF metadata keys ``recipe_runner.*`` from the run's lineage, and a
     general.description sentence."""
-    lin = ctx.lineage or {}
+    lin = ctx.lineage.to_json() if ctx.lineage else {}
     stage = lin.get("stage") or {}
     recipe = lin.get("recipe") or ctx.recipe_name or ""
     meta: dict[str, Any] = {

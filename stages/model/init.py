@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from recipe_runner import MAX_POSITIONS, Facts
 from recipe_runner.artifacts import MODEL, TOKENIZER, Artifact
 from recipe_runner.stage import Input, Params, PlanView, Stage, StageContext, StageError
 
@@ -258,6 +260,17 @@ def course_param_counts() -> dict[str, int]:
     return out
 
 
+def _local_config_value(ref: str, key: str) -> Any:
+    """``key`` of ``ref/config.json`` when ``ref`` is a local model directory, else None."""
+    config = Path(ref) / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        return json.loads(config.read_text()).get(key)
+    except (OSError, ValueError):
+        return None
+
+
 def hub_offline() -> bool:
     try:
         from huggingface_hub import constants
@@ -374,6 +387,18 @@ class InitStage(Stage):
                            description="tokenizer (its vocabulary sizes a random model); a base model keeps its own"),
     }
     outputs = {"model": MODEL}
+
+    @classmethod
+    def output_facts(cls, params: InitParams, inputs: Mapping[str, Facts]) -> Mapping[str, Facts]:
+        """The model's max positions, where the plan can know them: the random-init
+        config, a local ``from_pretrained`` directory, or the input model's facts
+        (layer slicing keeps positions)."""
+        max_pos = params.config.get("max_position_embeddings")
+        if params.from_pretrained is not None:
+            max_pos = _local_config_value(params.from_pretrained, "max_position_embeddings")
+        elif "model" in inputs:
+            max_pos = inputs["model"].get(MAX_POSITIONS)
+        return {"model": {MAX_POSITIONS: max_pos} if isinstance(max_pos, int) else {}}
 
     @classmethod
     def cross_check(cls, view: PlanView) -> list[str]:

@@ -12,6 +12,7 @@ and a self-contained model directory (tokenizer carried) as output.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 import math
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from recipe_runner.artifacts import MODEL, PACKED_DATASET, Artifact
+from recipe_runner import MAX_POSITIONS, SEQ_LENGTH, Facts
 from recipe_runner.stage import Input, PlanView, Stage, StageContext, StageError
 from recipe_runner_stages.common.hf import with_cpu_threads
 from recipe_runner_stages.common.training import TrainingParams
@@ -49,28 +51,6 @@ class PretrainParams(TrainingParams):
         description="dtype of the saved weights: 'auto' keeps the input model's dtype; training always keeps "
         "float32 master weights (bf16 autocast where the device has it)",
     )
-
-
-def _upstream_seq_len(params: Any) -> int | None:
-    for key in ("max_seq_length", "seq_len", "block_size", "max_length"):
-        value = getattr(params, key, None)
-        if isinstance(value, int):
-            return value
-    return None
-
-
-def _upstream_max_positions(params: Any) -> int | None:
-    cfg = getattr(params, "config", None)
-    if isinstance(cfg, dict) and isinstance(cfg.get("max_position_embeddings"), int):
-        return cfg["max_position_embeddings"]
-    ref = getattr(params, "from_pretrained", None)
-    if isinstance(ref, str) and (Path(ref) / "config.json").is_file():
-        try:
-            value = json.loads((Path(ref) / "config.json").read_text()).get("max_position_embeddings")
-            return value if isinstance(value, int) else None
-        except (OSError, ValueError):
-            return None
-    return None
 
 
 def freeze_layers(model, train_top_layers: int | None, freeze_embeddings: bool) -> dict[str, int]:
@@ -175,20 +155,20 @@ class PretrainStage(Stage):
     outputs = {"model": MODEL}
 
     @classmethod
-    def cross_check(cls, view: PlanView) -> list[str]:
-        errors: list[str] = []
-        seq = None
-        if "dataset" in view.upstream:
-            _, _, dparams = view.upstream["dataset"]
-            seq = _upstream_seq_len(dparams)
-        if "model" in view.upstream and seq is not None:
-            _, _, mparams = view.upstream["model"]
-            max_pos = _upstream_max_positions(mparams)
-            if max_pos is not None and seq > max_pos:
-                errors.append(f"{view.name}: packed rows of {seq} tokens exceed the model's "
-                              f"max_position_embeddings ({max_pos}); lower the pack stage's max_seq_length "
-                              "or raise max_position_embeddings in the init config")
-        return errors
+    def output_facts(cls, params: PretrainParams, inputs: Mapping[str, Facts]) -> Mapping[str, Facts]:
+        return {"model": inputs.get("model", {})}
+
+    @classmethod
+    def cross_check(cls, view: PlanView[PretrainParams]) -> list[str]:
+        dataset = view.upstream.get("dataset")
+        model = view.upstream.get("model")
+        seq = dataset.facts.get(SEQ_LENGTH) if dataset else None
+        max_pos = model.facts.get(MAX_POSITIONS) if model else None
+        if isinstance(seq, int) and isinstance(max_pos, int) and seq > max_pos:
+            return [f"{view.name}: packed rows of {seq} tokens exceed the model's "
+                    f"max_position_embeddings ({max_pos}); lower the pack stage's max_seq_length "
+                    "or raise max_position_embeddings in the init config"]
+        return []
 
     @with_cpu_threads
     def run(self, ctx: StageContext) -> dict[str, Artifact]:

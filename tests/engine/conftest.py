@@ -1,6 +1,7 @@
 """Engine tests run the real `recipe` CLI in subprocesses against the
 test-only plugin distribution `rr-testplugin` (tests/plugins/), installed
 into the environment like any third-party plugin."""
+
 from __future__ import annotations
 
 import json
@@ -13,12 +14,19 @@ from pathlib import Path
 import pytest
 
 
-def recipe_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 120,
-               check: bool | None = None) -> subprocess.CompletedProcess:
+def recipe_cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 120, check: bool | None = None
+) -> subprocess.CompletedProcess:
     e = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="200")
     e.update(env or {})
-    proc = subprocess.run([sys.executable, "-m", "recipe_runner.cli", *args], cwd=cwd, env=e,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "recipe_runner.cli", *args],
+        cwd=cwd,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
@@ -37,7 +45,9 @@ def status_json(recipe: Path, workdir: Path, *extra: str) -> dict:
 
 @pytest.fixture()
 def chain(tmp_path) -> Path:
-    return write(tmp_path / "chain.yaml", """
+    return write(
+        tmp_path / "chain.yaml",
+        """
         name: chain
         seed: 7
         stages:
@@ -46,7 +56,8 @@ def chain(tmp_path) -> Path:
           - type: multiply
             params: {factor: 3}
           - type: total
-        """)
+        """,
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -56,5 +67,7 @@ def _require_test_plugin():
     try:
         version("rr-testplugin")
     except PackageNotFoundError:
-        pytest.fail("the test plugin is not installed: pip install -e tests/plugins/rr_testplugin "
-                    "tests/plugins/rr_testplugin_dup (the README's test command does this)")
+        pytest.fail(
+            "the test plugin is not installed: pip install -e tests/plugins/rr_testplugin "
+            "tests/plugins/rr_testplugin_dup (the README's test command does this)"
+        )

@@ -1,5 +1,6 @@
 """CLI surface: fast start without torch, stage listing, schema kept current,
 scaffolding a third-party plugin, bundled examples."""
+
 import json
 import os
 import subprocess
@@ -7,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import recipe_cli, write
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -16,9 +16,11 @@ NO_HEAVY = ("torch", "transformers", "datasets", "trl", "peft", "accelerate", "l
 
 
 def _modules_after(args: list[str]) -> set[str]:
-    code = ("import sys; from recipe_runner.cli import app\n"
-            f"try:\n    app({args!r})\nexcept SystemExit:\n    pass\n"
-            "print(' '.join(sorted(m.split('.')[0] for m in sys.modules)))")
+    code = (
+        "import sys; from recipe_runner.cli import app\n"
+        f"try:\n    app({args!r})\nexcept SystemExit:\n    pass\n"
+        "print(' '.join(sorted(m.split('.')[0] for m in sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     return set(out.stdout.strip().splitlines()[-1].split())
 
@@ -63,9 +65,14 @@ def test_bundled_recipes_are_valid_under_the_committed_schema():
     for f in recipes:
         errors = [e.message for e in validator.iter_errors(yaml.safe_load(f.read_text()))]
         assert not errors, f"{f.name}: {errors[:3]}"
-    good = {"name": "x", "extends": "base.yaml", "stages": [
-        {"name": "dedup", "remove": True},
-        {"type": "pack", "after": "tokenize", "params": {"max_seq_length": "${vars.seq_len}", "mode": "document"}}]}
+    good = {
+        "name": "x",
+        "extends": "base.yaml",
+        "stages": [
+            {"name": "dedup", "remove": True},
+            {"type": "pack", "after": "tokenize", "params": {"max_seq_length": "${vars.seq_len}", "mode": "document"}},
+        ],
+    }
     assert not list(validator.iter_errors(good))
     for bad_params in ({"max_seq_length": "long"}, {"max_seq_lenght": 128}, {"mode": "zigzag"}):
         bad = {"name": "x", "stages": [{"type": "pack", "params": bad_params}]}
@@ -79,10 +86,12 @@ def test_committed_schema_and_stage_docs_are_current():
 
     builtin = Registry(distribution="recipe-runner")
     committed = json.loads((ROOT / "schemas" / "recipe.schema.json").read_text())
-    assert committed == json.loads(json.dumps(recipe_json_schema(builtin))), \
+    assert committed == json.loads(json.dumps(recipe_json_schema(builtin))), (
         "schemas/recipe.schema.json is stale: run `python -m recipe_runner.docs`"
-    assert (ROOT / "docs" / "stages.md").read_text() == stages_markdown(builtin), \
+    )
+    assert (ROOT / "docs" / "stages.md").read_text() == stages_markdown(builtin), (
         "docs/stages.md is stale: run `python -m recipe_runner.docs`"
+    )
 
 
 def test_schema_command_covers_plugin_params():
@@ -100,16 +109,36 @@ def test_new_stage_scaffold_installs_and_runs(tmp_path):
     root = tmp_path / "recipe-stage-min-chars"
     assert (root / "pyproject.toml").exists() and "created" in proc.stdout
     site = tmp_path / "site"
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                          "--target", str(site), str(root)], capture_output=True, text=True, timeout=300)
+    pip = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(root),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert pip.returncode == 0, pip.stderr
     env = {"PYTHONPATH": str(site) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = recipe_cli("stages", "min_chars", env=env)
     assert proc.returncode == 0, proc.stderr
     assert "recipe-stage-min-chars 0.1.0" in proc.stdout and "min_chars" in proc.stdout
-    test = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "tests")],
-                          capture_output=True, text=True, timeout=300, cwd=root,
-                          env=dict(os.environ, **env))
+    test = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "tests")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+        env=dict(os.environ, **env),
+    )
     assert test.returncode == 0, test.stdout + test.stderr
     assert "1 passed" in test.stdout
 

@@ -1,5 +1,6 @@
 """The README stays true: its first lines are the two commands (the second is
 the one .ci/run runs), and its example recipe validates."""
+
 import re
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """Real processes: SIGKILL in the middle of a stage then resume; a second
 concurrent run on the same run directory is refused; a stale lock is taken over."""
+
 import json
 import os
 import signal
@@ -12,19 +13,26 @@ from conftest import recipe_cli, status_json, write
 
 
 def _slow_recipe(tmp_path: Path, n: int = 40) -> Path:
-    return write(tmp_path / "slow.yaml", f"""
+    return write(
+        tmp_path / "slow.yaml",
+        f"""
         name: slow
         stages:
           - type: count
             params: {{n: {n}, sleep: 0.1}}
           - type: total
-        """)
+        """,
+    )
 
 
 def _start(recipe: Path, wd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "recipe_runner.cli", "run", str(recipe), "--workdir", str(wd)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    return subprocess.Popen(
+        [sys.executable, "-m", "recipe_runner.cli", "run", str(recipe), "--workdir", str(wd)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
 
 
 def _wait_for_steps(wd: Path, steps: int, timeout: float = 60) -> Path:
@@ -88,10 +96,15 @@ def test_multi_process_launch_only_rank0_commits(tmp_path):
     recipe, wd = _slow_recipe(tmp_path, n=5), tmp_path / "runs"
     procs = []
     for rank in (1, 0):
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "recipe_runner.cli", "run", str(recipe), "--workdir", str(wd)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "recipe_runner.cli", "run", str(recipe), "--workdir", str(wd)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank)),
+            )
+        )
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     manifest = json.loads((wd / "slow" / "manifest.json").read_text())

@@ -1,5 +1,6 @@
 """The runner through the real CLI: caching, selective invalidation, slicing,
 the manifest and `recipe status --json`."""
+
 import json
 
 from conftest import recipe_cli, status_json, write
@@ -41,8 +42,11 @@ def test_changed_parameter_reruns_only_downstream(chain, tmp_path):
     before = {s["name"]: s for s in status_json(chain, wd)["stages"]}
     plan = recipe_cli("plan", str(chain), "--workdir", str(wd), "--json", "--set", "stages.multiply.params.factor=5")
     reasons = {i["name"]: (i["action"], i["reason"]) for i in json.loads(plan.stdout)}
-    assert reasons == {"count": ("cached", "cached"), "multiply": ("run", "parameters changed"),
-                       "total": ("run", "input changed")}
+    assert reasons == {
+        "count": ("cached", "cached"),
+        "multiply": ("run", "parameters changed"),
+        "total": ("run", "input changed"),
+    }
     proc = _run(chain, wd, "--set", "stages.multiply.params.factor=5")
     assert proc.returncode == 0, proc.stderr
     after = {s["name"]: s for s in status_json(chain, wd, "--set", "stages.multiply.params.factor=5")["stages"]}
@@ -89,13 +93,16 @@ def test_slicing_from_until_only_force_dry_run(chain, tmp_path):
 
 
 def test_failed_stage_exit_code_and_retry(tmp_path):
-    r = write(tmp_path / "r.yaml", """
+    r = write(
+        tmp_path / "r.yaml",
+        """
         name: fails
         stages:
           - type: count
             params: {n: 5, fail_at: 3}
           - type: total
-        """)
+        """,
+    )
     wd = tmp_path / "runs"
     proc = _run(r, wd)
     assert proc.returncode == 1
@@ -112,7 +119,9 @@ def test_failed_stage_exit_code_and_retry(tmp_path):
 
 
 def test_extends_and_set(tmp_path):
-    write(tmp_path / "base.yaml", """
+    write(
+        tmp_path / "base.yaml",
+        """
         name: base
         seed: 1
         vars: {n: 3, f: 2}
@@ -122,8 +131,11 @@ def test_extends_and_set(tmp_path):
           - type: multiply
             params: {factor: "${vars.f}"}
           - type: total
-        """)
-    child = write(tmp_path / "team" / "child.yaml", """
+        """,
+    )
+    child = write(
+        tmp_path / "team" / "child.yaml",
+        """
         extends: ../base.yaml
         name: child
         vars: {f: 10}
@@ -135,7 +147,8 @@ def test_extends_and_set(tmp_path):
             type: multiply
             after: count
             params: {factor: 2}
-        """)
+        """,
+    )
     proc = recipe_cli("show", str(child), "--set", "stages.total.type=total", "--set", "vars.f=100")
     assert proc.returncode == 0, proc.stderr
     import yaml
@@ -155,7 +168,9 @@ def test_extends_and_set(tmp_path):
 
 
 def test_extends_can_remove_a_base_stage(tmp_path):
-    write(tmp_path / "base.yaml", """
+    write(
+        tmp_path / "base.yaml",
+        """
         name: base
         stages:
           - type: count
@@ -163,13 +178,17 @@ def test_extends_can_remove_a_base_stage(tmp_path):
           - type: multiply
             params: {factor: 3}
           - type: total
-        """)
-    child = write(tmp_path / "child.yaml", """
+        """,
+    )
+    child = write(
+        tmp_path / "child.yaml",
+        """
         extends: base.yaml
         name: child
         stages:
           - {name: multiply, remove: true}
-        """)
+        """,
+    )
     import yaml
 
     proc = recipe_cli("show", str(child))
@@ -182,34 +201,43 @@ def test_extends_can_remove_a_base_stage(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert status_json(child, wd)["stages"][1]["metrics"]["sum"] == 1 + 2 + 3 + 4
 
-    typo = write(tmp_path / "typo.yaml", """
+    typo = write(
+        tmp_path / "typo.yaml",
+        """
         extends: base.yaml
         name: typo
         stages:
           - {name: multiplly, remove: true}
-        """)
+        """,
+    )
     proc = recipe_cli("validate", str(typo))
     assert proc.returncode == 2 and "remove: no base stage named 'multiplly'" in proc.stderr
     assert "did you mean 'multiply'" in proc.stderr and "typo.yaml:4:5" in proc.stderr
-    alone = write(tmp_path / "alone.yaml", """
+    alone = write(
+        tmp_path / "alone.yaml",
+        """
         name: alone
         stages:
           - {type: count, params: {n: 2}}
           - {type: total, remove: true}
-        """)
+        """,
+    )
     proc = recipe_cli("validate", str(alone))
     assert proc.returncode == 2 and "no base recipe (extends:) has a stage named 'total'" in proc.stderr
 
 
 def test_explicit_inputs_and_optional_slot(tmp_path):
-    r = write(tmp_path / "r.yaml", """
+    r = write(
+        tmp_path / "r.yaml",
+        """
         name: r
         stages:
           - {type: count, name: a, params: {n: 2}}
           - {type: count, name: b, params: {n: 3, start: 10}}
           - type: total
             inputs: {numbers: a, extra: b.numbers}
-        """)
+        """,
+    )
     wd = tmp_path / "runs"
     assert _run(r, wd).returncode == 0
     assert status_json(r, wd)["stages"][2]["metrics"]["sum"] == 0 + 1 + 10 + 11 + 12

@@ -1,12 +1,13 @@
 """Recipe validation: every problem reported at once, with file:line:col,
 stage, field path and a did-you-mean; exit code 2 and nothing run."""
-from pathlib import Path
 
 from conftest import recipe_cli, write
 
 
 def test_misspelled_key_deep_inside_stage(tmp_path):
-    r = write(tmp_path / "bad.yaml", """
+    r = write(
+        tmp_path / "bad.yaml",
+        """
         name: bad
         stages:
           - type: count
@@ -16,16 +17,20 @@ def test_misspelled_key_deep_inside_stage(tmp_path):
             name: triple
             params:
               factr: 3
-        """)
+        """,
+    )
     proc = recipe_cli("validate", str(r))
     assert proc.returncode == 2
-    assert f"{r}:9:7: stage 'triple': stages[1].params.factr: unknown key 'factr' (did you mean 'factor'?)" \
-        in proc.stderr
+    assert (
+        f"{r}:9:7: stage 'triple': stages[1].params.factr: unknown key 'factr' (did you mean 'factor'?)" in proc.stderr
+    )
     assert not (tmp_path / "runs").exists()
 
 
 def test_all_problems_reported_together(tmp_path):
-    r = write(tmp_path / "bad.yaml", """
+    r = write(
+        tmp_path / "bad.yaml",
+        """
         name: bad
         sead: 1
         stages:
@@ -34,7 +39,8 @@ def test_all_problems_reported_together(tmp_path):
             params: {factor: not-a-number}
           - type: total
             inputs: {numbers: nowhere}
-        """)
+        """,
+    )
     proc = recipe_cli("validate", str(r))
     assert proc.returncode == 2
     err = proc.stderr
@@ -42,44 +48,55 @@ def test_all_problems_reported_together(tmp_path):
     assert f"{r}:2:1: sead: unknown key 'sead' (did you mean 'seed'?)" in err
     assert f"{r}:4:5: stage 'cuont': stages[0].type: unknown stage type 'cuont' (did you mean 'count'?)" in err
     assert f"{r}:6:14: stage 'multiply': stages[1].params.factor: Input should be a valid number" in err
-    assert f"{r}:8:14: stage 'total': stages[2].inputs.numbers: input names stage 'nowhere', which does not exist" in err
+    assert (
+        f"{r}:8:14: stage 'total': stages[2].inputs.numbers: input names stage 'nowhere', which does not exist" in err
+    )
 
 
 def test_missing_input_and_kind_mismatch(tmp_path):
-    r = write(tmp_path / "r.yaml", """
+    r = write(
+        tmp_path / "r.yaml",
+        """
         name: r
         stages:
           - type: total
           - type: count
           - type: multiply
             inputs: {numbers: total}
-        """)
+        """,
+    )
     err = recipe_cli("validate", str(r)).stderr
     assert "stage 'total'" in err and "needs an input 'numbers' (numbers) but no earlier stage produces one" in err
     assert "stage 'multiply'" in err and "stage 'total' produces report, but this input takes numbers" in err
 
 
 def test_cross_stage_check_from_plugin(tmp_path):
-    r = write(tmp_path / "r.yaml", """
+    r = write(
+        tmp_path / "r.yaml",
+        """
         name: r
         stages:
           - type: count
             params: {n: 10}
           - type: total
             params: {max_length: 5}
-        """)
+        """,
+    )
     proc = recipe_cli("validate", str(r))
     assert proc.returncode == 2
     assert "upstream 'count' counts 10 numbers, more than max_length 5" in proc.stderr
 
 
 def test_yaml_tags_and_code_are_refused(tmp_path):
-    r = write(tmp_path / "r.yaml", """
+    r = write(
+        tmp_path / "r.yaml",
+        """
         name: r
         stages:
           - type: count
             params: {n: !!python/object/apply:os.system ["echo pwned"]}
-        """)
+        """,
+    )
     proc = recipe_cli("validate", str(r))
     assert proc.returncode == 2
     assert "YAML tags are not allowed" in proc.stderr and ":4:" in proc.stderr
@@ -87,14 +104,17 @@ def test_yaml_tags_and_code_are_refused(tmp_path):
 
 
 def test_duplicate_names_unknown_var_and_default(tmp_path):
-    r = write(tmp_path / "r.yaml", """
+    r = write(
+        tmp_path / "r.yaml",
+        """
         name: r
         defaults: {sleeep: 0}
         stages:
           - type: count
             params: {n: "${vars.m}"}
           - type: count
-        """)
+        """,
+    )
     err = recipe_cli("validate", str(r)).stderr
     assert "'${vars.m}' is not defined" in err
     r.write_text(r.read_text().replace('"${vars.m}"', "2"))

@@ -101,4 +101,4 @@ class Total(Stage):
         out = ctx.output_path("report")
         (out / "report.json").write_text(json.dumps({"sum": sum(nums)}))
         ctx.metrics["sum"] = sum(nums)
-        ctx.metrics["upstream"] = [u["name"] for u in ctx.lineage.get("upstream", [])]
+        ctx.metrics["upstream"] = [u.name for u in ctx.lineage.upstream] if ctx.lineage else []
