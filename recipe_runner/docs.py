@@ -13,6 +13,7 @@ from pydantic_core import PydanticUndefined
 
 from .recipe import RecipeSpec, StageSpec
 from .registry import PluginError, Registry, default_registry
+from .stage import Stage
 
 
 def type_name(tp: Any) -> str:
@@ -153,53 +154,37 @@ def stages_markdown(registry: Registry | None = None) -> str:
         if cls.name != name:
             out += [f"## `{name}`", "", f"Alias of [`{cls.name}`](#{cls.name}).", ""]
             continue
-        desc = cls.description or (cls.__doc__ or "").strip()
-        out += [f"## `{name}`", "", desc, ""]
-        p = None
-        if not any(f.is_required() for f in cls.Params.model_fields.values()):
-            p = cls.Params()
-        ins = cls.input_slots(p) if p is not None else cls.inputs
-        outs = cls.output_slots(p) if p is not None else cls.outputs
-        if ins:
-            out.append(
-                "Inputs: "
-                + ", ".join(
-                    f"`{k}` ({' or '.join(v.kinds)}{', optional' if v.optional else ''})" for k, v in ins.items()
-                )
-                + "  "
-            )
-        if outs:
-            out.append("Outputs (with default parameters): " + ", ".join(f"`{k}` ({v})" for k, v in outs.items()))
-        out += ["", "| parameter | type | default | description |", "|---|---|---|---|"]
-        for row in params_rows(cls.Params):
-            out.append(
-                "| "
-                + " | ".join(
-                    c.replace("|", "\\|").replace("\n", " ")
-                    for c in (f"`{row[0]}`", f"`{row[1]}`", f"`{row[2]}`" if row[2] else "", row[3])
-                )
-                + " |"
-            )
-        nested = _nested_models(cls.Params)
-        for m in nested:
-            out += [
-                "",
-                f"**{m.__name__}**" + (f": {m.__doc__.strip().splitlines()[0]}" if m.__doc__ else ""),
-                "",
-                "| field | type | default | description |",
-                "|---|---|---|---|",
-            ]
-            for row in params_rows(m):
-                out.append(
-                    "| "
-                    + " | ".join(
-                        c.replace("|", "\\|").replace("\n", " ")
-                        for c in (f"`{row[0]}`", f"`{row[1]}`", f"`{row[2]}`" if row[2] else "", row[3])
-                    )
-                    + " |"
-                )
-        out.append("")
+        out += _stage_section(name, cls)
     return "\n".join(out)
+
+
+def _stage_section(name: str, cls: type[Stage[Any]]) -> list[str]:
+    desc = cls.description or (cls.__doc__ or "").strip()
+    out = [f"## `{name}`", "", desc, ""]
+    p = None
+    if not any(f.is_required() for f in cls.Params.model_fields.values()):
+        p = cls.Params()
+    ins = cls.input_slots(p) if p is not None else cls.inputs
+    outs = cls.output_slots(p) if p is not None else cls.outputs
+    if ins:
+        slots = (f"`{k}` ({' or '.join(v.kinds)}{', optional' if v.optional else ''})" for k, v in ins.items())
+        out.append("Inputs: " + ", ".join(slots) + "  ")
+    if outs:
+        out.append("Outputs (with default parameters): " + ", ".join(f"`{k}` ({v})" for k, v in outs.items()))
+    out += ["", *_fields_table(cls.Params, "parameter")]
+    for m in _nested_models(cls.Params):
+        title = f"**{m.__name__}**" + (f": {m.__doc__.strip().splitlines()[0]}" if m.__doc__ else "")
+        out += ["", title, "", *_fields_table(m, "field")]
+    out.append("")
+    return out
+
+
+def _fields_table(model: type[BaseModel], header: str) -> list[str]:
+    lines = [f"| {header} | type | default | description |", "|---|---|---|---|"]
+    for name, type_, default, description in params_rows(model):
+        cells = (f"`{name}`", f"`{type_}`", f"`{default}`" if default else "", description)
+        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    return lines
 
 
 def _nested_models(model: type[BaseModel]) -> list[type[BaseModel]]:

@@ -10,7 +10,8 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -310,85 +311,108 @@ class Runner:
         return out
 
     def _run_stage(self, item: PlanItem, manifest: dict[str, Any], entry: dict[str, Any]) -> tuple[bool, float]:
+        """Run one stage and commit its outputs; a failure is recorded in the
+        manifest entry (and a Ctrl-C / SIGTERM re-raised after recording it)."""
         s = item.stage
         tmp, ckpt = self.store.prepare(s.name, item.fingerprint)
         resumed = any(ckpt.iterdir())
-        self.store.logs_dir.mkdir(parents=True, exist_ok=True)
-        stage_log = logging.getLogger(f"recipe_runner.stage.{s.name}")
-        fh = logging.FileHandler(self.store.logs_dir / f"{s.name}.log")
-        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        stage_log.addHandler(fh)
         entry.update(status="running", cached=False, started=_now(), error=None)
         self.store.write_manifest(manifest)
-        ctx = StageContext(
-            name=s.name,
-            params=s.params,
-            inputs={},
-            output_dir=tmp / "outputs",
-            checkpoint_dir=ckpt,
-            seed=self.recipe.seed,
-            log=stage_log,
-            resumed=resumed,
-            recipe_name=self.recipe.name,
-            lineage=self._lineage(item, manifest),
-            progress_sink=self.progress_sink,
-        )
         t = time.perf_counter()
-        try:
-            ctx.inputs = self._inputs(item)
-            if resumed:
-                stage_log.info("resuming: in-stage checkpoints found in %s", ckpt)
-            returned = s.stage_cls().run(ctx) or {}
-            outputs = collect_outputs(s.stage_cls, s.params, ctx, returned)
-            seconds = time.perf_counter() - t
-            record = {
-                "stage": s.name,
-                "type": s.type,
-                "plugin_version": s.stage_cls.version,
-                "outputs": {k: a.to_json(relative_to=tmp) for k, a in outputs.items()},
-                "metrics": _jsonable(ctx.metrics),
-                "seconds": round(seconds, 3),
-                "finished": _now(),
-                "params": s.params_json(),
-                "inputs": item.inputs,
-                "resumed": resumed,
-            }
-            self.store.commit(s.name, item.fingerprint, tmp, record)
-            entry.update(
-                status="done",
-                seconds=record["seconds"],
-                finished=record["finished"],
-                **{k: v for k, v in self._record_view(s.name, item.fingerprint, record).items() if k != "seconds"},
+        with self._stage_log(s.name) as stage_log:
+            ctx: StageContext[Any] = StageContext(
+                name=s.name,
+                params=s.params,
+                inputs={},
+                output_dir=tmp / "outputs",
+                checkpoint_dir=ckpt,
+                seed=self.recipe.seed,
+                log=stage_log,
+                resumed=resumed,
+                recipe_name=self.recipe.name,
+                lineage=self._lineage(item, manifest),
+                progress_sink=self.progress_sink,
             )
-            ok = True
-        except (Exception, KeyboardInterrupt, _Interrupted) as e:
-            seconds = time.perf_counter() - t
-            if isinstance(e, StageError):
-                msg = str(e)
-            elif isinstance(e, (KeyboardInterrupt, _Interrupted)):
-                msg = f"interrupted ({e or 'Ctrl-C'}); `recipe run` again resumes this stage"
-            else:
-                msg = f"{type(e).__name__}: {e}"
-            stage_log.error("stage failed: %s\n%s", msg, traceback.format_exc())
-            entry.update(
-                status="failed",
-                error=msg,
-                seconds=round(seconds, 3),
-                finished=_now(),
-                metrics=_jsonable(ctx.metrics),
-                log=str(self.store.logs_dir / f"{s.name}.log"),
-            )
-            ok = False
-            if isinstance(e, (KeyboardInterrupt, _Interrupted)):
+            try:
+                ctx.inputs = self._inputs(item)
+                if resumed:
+                    stage_log.info("resuming: in-stage checkpoints found in %s", ckpt)
+                returned = s.stage_cls().run(ctx) or {}
+                outputs = collect_outputs(s.stage_cls, s.params, ctx, returned)
+                self._commit(item, tmp, outputs, ctx.metrics, time.perf_counter() - t, resumed, entry)
+            except (Exception, KeyboardInterrupt, _Interrupted) as e:
+                seconds = time.perf_counter() - t
+                msg = _failure_message(e)
+                stage_log.error("stage failed: %s\n%s", msg, traceback.format_exc())
+                entry.update(
+                    status="failed",
+                    error=msg,
+                    seconds=round(seconds, 3),
+                    finished=_now(),
+                    metrics=_jsonable(ctx.metrics),
+                    log=str(self.store.logs_dir / f"{s.name}.log"),
+                )
                 self.store.write_manifest(manifest)
-                stage_log.removeHandler(fh)
-                fh.close()
-                raise KeyboardInterrupt(msg) from None
+                if isinstance(e, (KeyboardInterrupt, _Interrupted)):
+                    raise KeyboardInterrupt(msg) from None
+                return False, seconds
+        self.store.write_manifest(manifest)
+        return True, time.perf_counter() - t
+
+    @contextmanager
+    def _stage_log(self, name: str) -> Iterator[logging.Logger]:
+        """The stage's logger, writing to ``logs/<stage>.log`` while the stage runs."""
+        self.store.logs_dir.mkdir(parents=True, exist_ok=True)
+        stage_log = logging.getLogger(f"recipe_runner.stage.{name}")
+        fh = logging.FileHandler(self.store.logs_dir / f"{name}.log")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        stage_log.addHandler(fh)
+        try:
+            yield stage_log
         finally:
             stage_log.removeHandler(fh)
             fh.close()
-        self.store.write_manifest(manifest)
-        return ok, seconds
+
+    def _commit(
+        self,
+        item: PlanItem,
+        tmp: Path,
+        outputs: dict[str, Artifact],
+        metrics: dict[str, Any],
+        seconds: float,
+        resumed: bool,
+        entry: dict[str, Any],
+    ) -> None:
+        s = item.stage
+        record = {
+            "stage": s.name,
+            "type": s.type,
+            "plugin_version": s.stage_cls.version,
+            "outputs": {k: a.to_json(relative_to=tmp) for k, a in outputs.items()},
+            "metrics": _jsonable(metrics),
+            "seconds": round(seconds, 3),
+            "finished": _now(),
+            "params": s.params_json(),
+            "inputs": item.inputs,
+            "resumed": resumed,
+        }
+        self.store.commit(s.name, item.fingerprint, tmp, record)
+        view = self._record_view(s.name, item.fingerprint, record)
+        entry.update(
+            status="done",
+            seconds=record["seconds"],
+            finished=record["finished"],
+            artifact=view["artifact"],
+            metrics=view["metrics"],
+        )
+
+
+def _failure_message(e: BaseException) -> str:
+    if isinstance(e, StageError):
+        return str(e)
+    if isinstance(e, (KeyboardInterrupt, _Interrupted)):
+        return f"interrupted ({e or 'Ctrl-C'}); `recipe run` again resumes this stage"
+    return f"{type(e).__name__}: {e}"
 
 
 def _entry(manifest: dict[str, Any], name: str) -> dict[str, Any]:
