@@ -153,12 +153,18 @@ def _stage_key(entry: Any) -> Any:
 
 
 def deep_merge(base: Any, over: Any) -> Any:
-    """``over`` onto ``base``: mappings merge key by key, everything else is replaced."""
+    """``over`` onto ``base``: mappings merge key by key, everything else is
+    replaced; ``null`` over an inherited key deletes it (as Helm values do), so
+    a child recipe can drop what its base sets."""
     if isinstance(base, dict) and isinstance(over, dict):
         out = LocDict(base)
         out.locs = dict(getattr(base, "locs", {}))
         out.loc = getattr(over, "loc", None) or getattr(base, "loc", None)
         for k, v in over.items():
+            if v is None and k in base:
+                del out[k]
+                out.locs.pop(k, None)
+                continue
             out[k] = deep_merge(base[k], v) if k in base else v
             over_locs = getattr(over, "locs", {})
             if k in over_locs:

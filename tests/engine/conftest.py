@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 
-def recipe_cli(
+def _recipe_cli(
     *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 120, check: bool | None = None
 ) -> subprocess.CompletedProcess:
     e = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="200")
@@ -32,20 +32,48 @@ def recipe_cli(
     return proc
 
 
-def write(path: Path, text: str) -> Path:
+def _write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text).lstrip())
     return path
 
 
-def status_json(recipe: Path, workdir: Path, *extra: str) -> dict:
-    proc = recipe_cli("status", str(recipe), "--workdir", str(workdir), "--json", *extra, check=True)
+def _status_json(recipe: Path, workdir: Path, *extra: str) -> dict:
+    proc = _recipe_cli("status", str(recipe), "--workdir", str(workdir), "--json", *extra, check=True)
     return json.loads(proc.stdout)
 
 
 @pytest.fixture()
+def recipe_cli():
+    """Run `recipe ARGS...` in a subprocess: recipe_cli("run", path, check=True)."""
+    return _recipe_cli
+
+
+@pytest.fixture()
+def write():
+    """Write dedented text to a path (parents created) and return the path."""
+    return _write
+
+
+@pytest.fixture()
+def status_json():
+    """`recipe status RECIPE --workdir DIR --json`, parsed."""
+    return _status_json
+
+
+@pytest.fixture()
+def run_recipe():
+    """`recipe run RECIPE --workdir DIR ARGS...` in a subprocess."""
+
+    def run(recipe: Path, workdir: Path, *args: str) -> subprocess.CompletedProcess:
+        return _recipe_cli("run", str(recipe), "--workdir", str(workdir), *args)
+
+    return run
+
+
+@pytest.fixture()
 def chain(tmp_path) -> Path:
-    return write(
+    return _write(
         tmp_path / "chain.yaml",
         """
         name: chain

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import recipe_cli, write
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,14 +32,14 @@ def test_help_and_validate_do_not_import_heavy_libraries():
         assert not mods & set(NO_HEAVY), (recipe.name, mods & set(NO_HEAVY))
 
 
-def test_bundled_recipes_validate_offline():
+def test_bundled_recipes_validate_offline(recipe_cli):
     recipes = sorted((ROOT / "recipes").glob("*.yaml"))
     for recipe in recipes:
         proc = recipe_cli("validate", str(recipe))
         assert proc.returncode == 0, (recipe.name, proc.stderr)
 
 
-def test_stages_lists_plugins_and_parameters():
+def test_stages_lists_plugins_and_parameters(recipe_cli):
     proc = recipe_cli("stages")
     assert proc.returncode == 0
     assert "count" in proc.stdout and "rr-testplugin 0.1.0" in proc.stdout
@@ -94,7 +93,7 @@ def test_committed_schema_and_stage_docs_are_current():
     )
 
 
-def test_schema_command_covers_plugin_params():
+def test_schema_command_covers_plugin_params(recipe_cli):
     schema = json.loads(recipe_cli("schema", check=True).stdout)
     entries = schema["properties"]["stages"]["items"]["oneOf"]
     variants = {v["properties"]["type"]["const"]: v for v in entries if "type" in v["properties"]}
@@ -104,7 +103,7 @@ def test_schema_command_covers_plugin_params():
     assert variants["count"]["properties"]["params"]["additionalProperties"] is False
 
 
-def test_new_stage_scaffold_installs_and_runs(tmp_path):
+def test_new_stage_scaffold_installs_and_runs(recipe_cli, tmp_path):
     proc = recipe_cli("new-stage", "min_chars", "--dir", str(tmp_path), check=True)
     root = tmp_path / "recipe-stage-min-chars"
     assert (root / "pyproject.toml").exists() and "created" in proc.stdout
@@ -143,13 +142,13 @@ def test_new_stage_scaffold_installs_and_runs(tmp_path):
     assert "1 passed" in test.stdout
 
 
-def test_ls_and_cp_bundled_examples(tmp_path):
+def test_ls_and_cp_bundled_examples(recipe_cli, tmp_path):
     out = recipe_cli("ls", check=True).stdout
     names = [line.split()[0] for line in out.splitlines() if line.strip()]
     assert names == sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
     if not names:
         pytest.skip("no example recipes yet")
-    proc = recipe_cli("cp", names[0], str(tmp_path), check=True)
+    recipe_cli("cp", names[0], str(tmp_path), check=True)
     copied = tmp_path / f"{names[0]}.yaml"
     assert copied.read_text() == (ROOT / "recipes" / f"{names[0]}.yaml").read_text()
     assert recipe_cli("validate", str(copied)).returncode == 0
@@ -157,7 +156,7 @@ def test_ls_and_cp_bundled_examples(tmp_path):
     assert recipe_cli("cp", "nope", str(tmp_path)).returncode == 2
 
 
-def test_run_by_example_name_is_resolved(tmp_path):
+def test_run_by_example_name_is_resolved(recipe_cli, write, tmp_path):
     write(tmp_path / "x.yaml", "name: x\nstages:\n  - type: count\n")
     # a path wins over an example name; a bare unknown name is a clear error
     assert recipe_cli("validate", str(tmp_path / "x.yaml")).returncode == 0

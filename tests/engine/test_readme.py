@@ -4,8 +4,6 @@ the one .ci/run runs), and its example recipe validates."""
 import re
 from pathlib import Path
 
-from conftest import recipe_cli
-
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 
@@ -20,7 +18,7 @@ def test_first_lines_are_the_two_commands():
     assert install in ci and "python -m pytest -q" in ci
 
 
-def test_readme_recipe_validates(tmp_path):
+def test_readme_recipe_validates(recipe_cli, tmp_path):
     block = re.search(r"```yaml\n(name: my-model.*?)```", README, re.S).group(1)
     recipe = tmp_path / "my-model.yaml"
     recipe.write_text(block)

@@ -9,10 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import recipe_cli, status_json, write
 
-
-def _slow_recipe(tmp_path: Path, n: int = 40) -> Path:
+def _slow_recipe(write, tmp_path: Path, n: int = 40) -> Path:
     return write(
         tmp_path / "slow.yaml",
         f"""
@@ -45,8 +43,8 @@ def _wait_for_steps(wd: Path, steps: int, timeout: float = 60) -> Path:
     raise AssertionError("the stage never got going")
 
 
-def test_sigkill_mid_stage_then_resume(tmp_path):
-    recipe, wd = _slow_recipe(tmp_path), tmp_path / "runs"
+def test_sigkill_mid_stage_then_resume(recipe_cli, status_json, write, tmp_path):
+    recipe, wd = _slow_recipe(write, tmp_path), tmp_path / "runs"
     proc = _start(recipe, wd)
     log = _wait_for_steps(wd, 5)
     os.kill(proc.pid, signal.SIGKILL)
@@ -71,8 +69,8 @@ def test_sigkill_mid_stage_then_resume(tmp_path):
     assert (wd / "slow" / "logs" / "count.log").read_text().count("resuming") >= 1
 
 
-def test_concurrent_run_is_refused(tmp_path):
-    recipe, wd = _slow_recipe(tmp_path, n=30), tmp_path / "runs"
+def test_concurrent_run_is_refused(recipe_cli, status_json, write, tmp_path):
+    recipe, wd = _slow_recipe(write, tmp_path, n=30), tmp_path / "runs"
     first = _start(recipe, wd)
     try:
         _wait_for_steps(wd, 1)
@@ -90,10 +88,10 @@ def test_concurrent_run_is_refused(tmp_path):
     assert st[0]["status"] == "failed" and "interrupted" in st[0]["error"]
 
 
-def test_multi_process_launch_only_rank0_commits(tmp_path):
+def test_multi_process_launch_only_rank0_commits(write, tmp_path):
     """Under `accelerate launch`/torchrun every rank runs the stages, rank 0 alone
     locks, writes the manifest and commits; other ranks wait for its commit."""
-    recipe, wd = _slow_recipe(tmp_path, n=5), tmp_path / "runs"
+    recipe, wd = _slow_recipe(write, tmp_path, n=5), tmp_path / "runs"
     procs = []
     for rank in (1, 0):
         procs.append(

@@ -3,16 +3,10 @@ the manifest and `recipe status --json`."""
 
 import json
 
-from conftest import recipe_cli, status_json, write
 
-
-def _run(recipe, workdir, *args):
-    return recipe_cli("run", str(recipe), "--workdir", str(workdir), *args)
-
-
-def test_run_then_fully_cached_rerun(chain, tmp_path):
+def test_run_then_fully_cached_rerun(run_recipe, status_json, chain, tmp_path):
     wd = tmp_path / "runs"
-    proc = _run(chain, wd)
+    proc = run_recipe(chain, wd)
     assert proc.returncode == 0, proc.stderr
     st = status_json(chain, wd)
     assert [s["status"] for s in st["stages"]] == ["done"] * 3
@@ -23,7 +17,7 @@ def test_run_then_fully_cached_rerun(chain, tmp_path):
     # third-party stages see their lineage
     assert total["metrics"]["upstream"] and set(total["metrics"]["upstream"]) == {"count", "multiply"}
 
-    proc = _run(chain, wd)
+    proc = run_recipe(chain, wd)
     assert proc.returncode == 0
     st2 = status_json(chain, wd)
     assert [s["cached"] for s in st2["stages"]] == [True] * 3
@@ -36,9 +30,9 @@ def test_run_then_fully_cached_rerun(chain, tmp_path):
     assert "pydantic" in manifest["versions"]
 
 
-def test_changed_parameter_reruns_only_downstream(chain, tmp_path):
+def test_changed_parameter_reruns_only_downstream(run_recipe, recipe_cli, status_json, chain, tmp_path):
     wd = tmp_path / "runs"
-    assert _run(chain, wd).returncode == 0
+    assert run_recipe(chain, wd).returncode == 0
     before = {s["name"]: s for s in status_json(chain, wd)["stages"]}
     plan = recipe_cli("plan", str(chain), "--workdir", str(wd), "--json", "--set", "stages.multiply.params.factor=5")
     reasons = {i["name"]: (i["action"], i["reason"]) for i in json.loads(plan.stdout)}
@@ -47,52 +41,52 @@ def test_changed_parameter_reruns_only_downstream(chain, tmp_path):
         "multiply": ("run", "parameters changed"),
         "total": ("run", "input changed"),
     }
-    proc = _run(chain, wd, "--set", "stages.multiply.params.factor=5")
+    proc = run_recipe(chain, wd, "--set", "stages.multiply.params.factor=5")
     assert proc.returncode == 0, proc.stderr
     after = {s["name"]: s for s in status_json(chain, wd, "--set", "stages.multiply.params.factor=5")["stages"]}
     assert after["count"]["cached"] and after["count"]["fingerprint"] == before["count"]["fingerprint"]
     assert not after["multiply"]["cached"] and after["multiply"]["fingerprint"] != before["multiply"]["fingerprint"]
     assert not after["total"]["cached"] and after["total"]["metrics"]["sum"] == 30
     # the old outputs stay addressable: switching back is a pure cache hit
-    proc = _run(chain, wd)
+    proc = run_recipe(chain, wd)
     assert "running [" not in proc.stderr
 
 
-def test_seed_is_part_of_fingerprint(chain, tmp_path):
+def test_seed_is_part_of_fingerprint(run_recipe, recipe_cli, chain, tmp_path):
     wd = tmp_path / "runs"
-    _run(chain, wd)
+    run_recipe(chain, wd)
     plan = json.loads(recipe_cli("plan", str(chain), "--workdir", str(wd), "--json", "--set", "seed=8").stdout)
     assert [i["action"] for i in plan] == ["run", "run", "run"]
 
 
-def test_slicing_from_until_only_force_dry_run(chain, tmp_path):
+def test_slicing_from_until_only_force_dry_run(run_recipe, status_json, chain, tmp_path):
     wd = tmp_path / "runs"
-    proc = _run(chain, wd, "--dry-run")
+    proc = run_recipe(chain, wd, "--dry-run")
     assert proc.returncode == 0 and not (wd / "chain" / "stages").exists()
     assert "new" in proc.stdout
 
-    proc = _run(chain, wd, "--until", "multiply")
+    proc = run_recipe(chain, wd, "--until", "multiply")
     assert proc.returncode == 0
     st = {s["name"]: s["status"] for s in status_json(chain, wd)["stages"]}
     assert st == {"count": "done", "multiply": "done", "total": "pending"}
 
-    proc = _run(chain, wd, "--only", "total")
+    proc = run_recipe(chain, wd, "--only", "total")
     assert proc.returncode == 0
     assert status_json(chain, wd)["stages"][2]["status"] == "done"
 
-    proc = _run(chain, wd, "--force", "multiply")
+    proc = run_recipe(chain, wd, "--force", "multiply")
     assert "stage multiply (multiply): running [forced]" in proc.stderr
     assert "stage total (total): running [upstream forced]" in proc.stderr
     assert "stage count (count): cached" in proc.stderr
 
     # --only a stage whose input was never produced is refused before running
-    proc = _run(chain, wd, "--only", "total", "--set", "stages.count.params.n=9")
+    proc = run_recipe(chain, wd, "--only", "total", "--set", "stages.count.params.n=9")
     assert proc.returncode == 2 and "needs the output of 'multiply'" in proc.stderr
-    proc = _run(chain, wd, "--from", "nope")
+    proc = run_recipe(chain, wd, "--from", "nope")
     assert proc.returncode == 2 and "no stage named 'nope'" in proc.stderr
 
 
-def test_failed_stage_exit_code_and_retry(tmp_path):
+def test_failed_stage_exit_code_and_retry(run_recipe, status_json, write, tmp_path):
     r = write(
         tmp_path / "r.yaml",
         """
@@ -104,7 +98,7 @@ def test_failed_stage_exit_code_and_retry(tmp_path):
         """,
     )
     wd = tmp_path / "runs"
-    proc = _run(r, wd)
+    proc = run_recipe(r, wd)
     assert proc.returncode == 1
     assert "planned failure at step 3" in proc.stderr
     st = status_json(r, wd)["stages"]
@@ -112,13 +106,13 @@ def test_failed_stage_exit_code_and_retry(tmp_path):
     assert st[1]["status"] == "pending"
     # the failed stage's checkpoints survive; removing the failure resumes at step 3
     r.write_text(r.read_text().replace("fail_at: 3", "fail_at: null"))
-    proc = _run(r, wd)
+    proc = run_recipe(r, wd)
     assert proc.returncode == 0
     st = status_json(r, wd)["stages"]
     assert st[0]["status"] == "done" and st[1]["metrics"]["sum"] == 10
 
 
-def test_extends_and_set(tmp_path):
+def test_extends_and_set(run_recipe, recipe_cli, status_json, write, tmp_path):
     write(
         tmp_path / "base.yaml",
         """
@@ -160,14 +154,14 @@ def test_extends_and_set(tmp_path):
     assert shown["stages"][2]["params"] == {"factor": 100.0}  # --set beats the child's vars
     assert shown["stages"][3]["inputs"] == {"numbers": "multiply.numbers"}
     wd = tmp_path / "runs"
-    proc = _run(child, wd, "--set", "vars.f=100")
+    proc = run_recipe(child, wd, "--set", "vars.f=100")
     assert proc.returncode == 0, proc.stderr
     assert status_json(child, wd, "--set", "vars.f=100")["stages"][3]["metrics"]["sum"] == (1 + 2 + 3 + 4) * 2 * 100
     proc = recipe_cli("validate", str(child), "--set", "stages.cuont.params.n=1")
     assert proc.returncode == 2 and "no stage 'cuont'" in proc.stderr and "did you mean 'count'" in proc.stderr
 
 
-def test_extends_can_remove_a_base_stage(tmp_path):
+def test_extends_can_remove_a_base_stage(run_recipe, recipe_cli, status_json, write, tmp_path):
     write(
         tmp_path / "base.yaml",
         """
@@ -197,7 +191,7 @@ def test_extends_can_remove_a_base_stage(tmp_path):
     assert [s["name"] for s in shown["stages"]] == ["count", "total"]
     assert shown["stages"][1]["inputs"] == {"numbers": "count.numbers"}  # rebound to the latest producer
     wd = tmp_path / "runs"
-    proc = _run(child, wd)
+    proc = run_recipe(child, wd)
     assert proc.returncode == 0, proc.stderr
     assert status_json(child, wd)["stages"][1]["metrics"]["sum"] == 1 + 2 + 3 + 4
 
@@ -226,7 +220,7 @@ def test_extends_can_remove_a_base_stage(tmp_path):
     assert proc.returncode == 2 and "no base recipe (extends:) has a stage named 'total'" in proc.stderr
 
 
-def test_explicit_inputs_and_optional_slot(tmp_path):
+def test_explicit_inputs_and_optional_slot(run_recipe, status_json, write, tmp_path):
     r = write(
         tmp_path / "r.yaml",
         """
@@ -239,5 +233,39 @@ def test_explicit_inputs_and_optional_slot(tmp_path):
         """,
     )
     wd = tmp_path / "runs"
-    assert _run(r, wd).returncode == 0
+    assert run_recipe(r, wd).returncode == 0
     assert status_json(r, wd)["stages"][2]["metrics"]["sum"] == 0 + 1 + 10 + 11 + 12
+
+
+def test_extends_null_deletes_an_inherited_key(run_recipe, recipe_cli, status_json, write, tmp_path):
+    write(
+        tmp_path / "base.yaml",
+        """
+        name: base
+        stages:
+          - {type: count, name: a, params: {n: 2}}
+          - {type: count, name: b, params: {n: 3, start: 10}}
+          - type: total
+            inputs: {numbers: a, extra: b.numbers}
+        """,
+    )
+    child = write(
+        tmp_path / "child.yaml",
+        """
+        extends: base.yaml
+        name: child
+        stages:
+          - {name: b, params: {start: null}}
+          - {name: total, inputs: {numbers: null, extra: null}}
+        """,
+    )
+    import yaml
+
+    proc = recipe_cli("show", str(child))
+    assert proc.returncode == 0, proc.stderr
+    shown = yaml.safe_load(proc.stdout)
+    assert shown["stages"][1]["params"] == {"n": 3}  # `start` back to its default
+    assert shown["stages"][2]["inputs"] == {"numbers": "b.numbers"}  # rebound to the latest producer; extra unbound
+    wd = tmp_path / "runs"
+    assert run_recipe(child, wd).returncode == 0
+    assert status_json(child, wd)["stages"][2]["metrics"]["sum"] == 0 + 1 + 2

@@ -1,10 +1,8 @@
 """Recipe validation: every problem reported at once, with file:line:col,
 stage, field path and a did-you-mean; exit code 2 and nothing run."""
 
-from conftest import recipe_cli, write
 
-
-def test_misspelled_key_deep_inside_stage(tmp_path):
+def test_misspelled_key_deep_inside_stage(recipe_cli, write, tmp_path):
     r = write(
         tmp_path / "bad.yaml",
         """
@@ -27,7 +25,7 @@ def test_misspelled_key_deep_inside_stage(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_all_problems_reported_together(tmp_path):
+def test_all_problems_reported_together(recipe_cli, write, tmp_path):
     r = write(
         tmp_path / "bad.yaml",
         """
@@ -53,7 +51,7 @@ def test_all_problems_reported_together(tmp_path):
     )
 
 
-def test_missing_input_and_kind_mismatch(tmp_path):
+def test_missing_input_and_kind_mismatch(recipe_cli, write, tmp_path):
     r = write(
         tmp_path / "r.yaml",
         """
@@ -70,7 +68,7 @@ def test_missing_input_and_kind_mismatch(tmp_path):
     assert "stage 'multiply'" in err and "stage 'total' produces report, but this input takes numbers" in err
 
 
-def test_cross_stage_check_from_plugin(tmp_path):
+def test_cross_stage_check_from_plugin(recipe_cli, write, tmp_path):
     r = write(
         tmp_path / "r.yaml",
         """
@@ -87,7 +85,7 @@ def test_cross_stage_check_from_plugin(tmp_path):
     assert "upstream 'count' counts 10 numbers, more than max_length 5" in proc.stderr
 
 
-def test_yaml_tags_and_code_are_refused(tmp_path):
+def test_yaml_tags_and_code_are_refused(recipe_cli, write, tmp_path):
     r = write(
         tmp_path / "r.yaml",
         """
@@ -103,7 +101,7 @@ def test_yaml_tags_and_code_are_refused(tmp_path):
     assert "pwned" not in proc.stdout
 
 
-def test_duplicate_names_unknown_var_and_default(tmp_path):
+def test_duplicate_names_unknown_var_and_default(recipe_cli, write, tmp_path):
     r = write(
         tmp_path / "r.yaml",
         """
@@ -123,7 +121,7 @@ def test_duplicate_names_unknown_var_and_default(tmp_path):
     assert "default 'sleeep' is not a parameter of any stage in this recipe (did you mean 'sleep'?)" in err
 
 
-def test_missing_file_and_broken_yaml(tmp_path):
+def test_missing_file_and_broken_yaml(recipe_cli, write, tmp_path):
     proc = recipe_cli("validate", str(tmp_path / "nope.yaml"))
     assert proc.returncode == 2 and "recipe file not found" in proc.stderr
     r = write(tmp_path / "r.yaml", "name: r\nstages:\n  - type: count\n   params: {}\n")
@@ -150,7 +148,7 @@ def test_broken_and_duplicate_plugins_name_their_distribution():
     assert "count" in reg.names() and reg.load("count").name == "count"
 
 
-def test_recipe_using_broken_plugin(tmp_path):
+def test_recipe_using_broken_plugin(recipe_cli, write, tmp_path):
     r = write(tmp_path / "r.yaml", "name: r\nstages:\n  - type: broken\n")
     proc = recipe_cli("validate", str(r))
     assert proc.returncode == 2 and "rr-testplugin 0.1.0" in proc.stderr and "failed to import" in proc.stderr
