@@ -1,18 +1,24 @@
 """The TinySolar recipes: all three validate offline with the intended wiring;
-the offline one runs end to end (slow: ~2-3 minutes on 2 cores)."""
+the offline one runs end to end through `recipe run`, and again with a SIGKILL
+in the middle of its continued pretraining then a resume, and both runs export
+bit-identical weights (slow: ~3-5 minutes on 2 cores)."""
+
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from recipe_runner.recipe import load_recipe
 
-RECIPES = Path(__file__).resolve().parents[3] / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 def test_recipes_validate_with_the_course_wiring():
@@ -34,22 +40,64 @@ def test_recipes_validate_with_the_course_wiring():
     assert hub["eval"].params.tasks[0].name == "truthfulqa_mc2"
 
     vs = {s.name: s for s in load_recipe(RECIPES / "upscale_vs_scratch.yaml").stages}
-    tokens = {n: vs[n].params.max_steps * vs[n].params.per_device_train_batch_size
-              for n in ("pretrain_upscaled", "pretrain_scratch")}
+    tokens = {
+        n: vs[n].params.max_steps * vs[n].params.per_device_train_batch_size
+        for n in ("pretrain_upscaled", "pretrain_scratch")
+    }
     assert tokens["pretrain_upscaled"] == tokens["pretrain_scratch"]  # the same token budget
     assert vs["scratch_init"].params.config["num_hidden_layers"] == 16
     assert "model" not in vs["scratch_init"].bindings or vs["scratch_init"].bindings["model"] is None
 
 
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _run_cmd(workdir: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "recipe_runner.cli",
+        "run",
+        str(RECIPES / "tinysolar_upscale.yaml"),
+        "--workdir",
+        str(workdir),
+    ]
+
+
+def _manifest_stages(workdir: Path) -> dict[str, dict]:
+    manifest = json.loads((workdir / "tinysolar-upscale" / "manifest.json").read_text())
+    return {s["name"]: s for s in manifest["stages"]}
+
+
+def _exported_weights_digest(workdir: Path) -> str:
+    export = Path(_manifest_stages(workdir)["export"]["artifact"])
+    return hashlib.sha256((export / "model.safetensors").read_bytes()).hexdigest()
+
+
+def _run_killed_in_stage_then_resume(workdir: Path, stage_log: str, marker: str) -> None:
+    """Start the run, SIGKILL it once ``marker`` appears in the stage's log, then run it again to the end."""
+    proc = subprocess.Popen(_run_cmd(workdir), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = workdir / "tinysolar-upscale" / "logs" / f"{stage_log}.log"
+    deadline = time.time() + 900
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and marker in log.read_text():
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = subprocess.run(_run_cmd(workdir), env=ENV, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resume (interrupted)" in resumed.stderr + resumed.stdout
+
+
 @pytest.mark.slow
-def test_tinysolar_upscale_runs_end_to_end(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-m", "recipe_runner.cli", "run", str(RECIPES / "tinysolar_upscale.yaml"),
-                           "--workdir", str(tmp_path)], env=env, capture_output=True, text=True, timeout=900)
+def test_tinysolar_upscale_runs_end_to_end_and_reproducibly(tmp_path):
+    first = tmp_path / "first"
+    proc = subprocess.run(_run_cmd(first), env=ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    manifest = json.loads((tmp_path / "tinysolar-upscale" / "manifest.json").read_text())
-    by_name = {s["name"]: s for s in manifest["stages"]}
-    assert all(s["status"] == "done" for s in manifest["stages"])
+    by_name = _manifest_stages(first)
+    assert all(s["status"] == "done" for s in by_name.values())
     assert by_name["upscale"]["metrics"]["num_layers"] == 16
     base, cont = by_name["pretrain_base"]["metrics"], by_name["pretrain_upscaled"]["metrics"]
     assert cont["eval_loss"] < base["eval_loss"] < base["first_train_loss"]
@@ -57,3 +105,9 @@ def test_tinysolar_upscale_runs_end_to_end(tmp_path):
     assert 0 <= ev["truthfulqa_mc2_local/acc"] <= 1 and ev["perplexity"] > 1
     export = Path(by_name["export"]["artifact"])
     assert (export / "README.md").is_file() and (export / "model.safetensors").is_file()
+
+    # the same recipe again, killed after its continued pretraining saved a checkpoint (step 50 of 100)
+    # and resumed: the exported weights are identical to the bit
+    second = tmp_path / "second"
+    _run_killed_in_stage_then_resume(second, "pretrain_upscaled", "step 60:")
+    assert _exported_weights_digest(second) == _exported_weights_digest(first)
