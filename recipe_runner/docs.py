@@ -52,12 +52,18 @@ def params_rows(model: type[BaseModel]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-#: a string holding a ``${...}`` reference (vars, paths, env): valid wherever a value goes, since the
-#: recipe loader substitutes it before the parameters are checked
+#: a string holding a ``${...}`` reference (vars, paths, env), valid wherever a value goes since the
+#: recipe loader substitutes it before the parameters are checked; or ``null``, which in a recipe that
+#: ``extends:`` another deletes the inherited key (the merged recipe is then checked as usual)
 VAR_REF = {
-    "type": "string",
-    "pattern": r"\$\{[^}]+\}",
-    "description": "a ${vars.NAME} / ${paths.NAME} / ${env.NAME} reference, substituted before validation",
+    "anyOf": [
+        {
+            "type": "string",
+            "pattern": r"\$\{[^}]+\}",
+            "description": "a ${vars.NAME} / ${paths.NAME} / ${env.NAME} reference, substituted before validation",
+        },
+        {"type": "null", "description": "under extends: delete the inherited key"},
+    ]
 }
 
 
