@@ -3,17 +3,25 @@
 parameters onto transformers' TrainingArguments (trl's configs subclass it),
 resumes from the stage's checkpoint directory, and reports progress and the
 loss curve back to the runner."""
+
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
-from recipe_runner.stage import Params, StageContext
+from recipe_runner.stage import Params, Progress, StageContext
 
-from .hf import Device, Precision, cpu_threads_field, resolve_device, resolve_precision
+from .devices import Device, Precision, cpu_threads_field, resolve_device, resolve_precision
+
+ReportTarget = Literal["none", "wandb", "tensorboard", "mlflow"]
+
+
+def _report_nowhere() -> list[ReportTarget]:
+    return ["none"]
 
 
 class TrainingParams(Params):
@@ -25,12 +33,17 @@ class TrainingParams(Params):
     per_device_eval_batch_size: int = Field(2, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     learning_rate: float = Field(5e-5, gt=0)
-    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr", "inverse_sqrt", "polynomial"] = "linear"
+    lr_scheduler_type: Literal[
+        "linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr", "inverse_sqrt", "polynomial"
+    ] = "linear"
     warmup_steps: int = Field(0, ge=0)
     warmup_ratio: float = Field(0.0, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = 1.0
-    optim: str = Field("adamw_torch", description="transformers optimizer name (adamw_torch, adamw_torch_fused, adafactor, paged_adamw_8bit, ...)")
+    optim: str = Field(
+        "adamw_torch",
+        description="transformers optimizer name (adamw_torch, adamw_torch_fused, adafactor, paged_adamw_8bit, ...)",
+    )
     gradient_checkpointing: bool = False
     precision: Precision = Field("auto", description="bf16 where the device has it, else fp32")
     device: Device = "auto"
@@ -40,48 +53,50 @@ class TrainingParams(Params):
     save_total_limit: int = Field(2, ge=1)
     eval_steps: int | None = Field(None, description="validation loss every N steps; None = only at the end")
     dataloader_num_workers: int = 0
-    report_to: list[Literal["none", "wandb", "tensorboard", "mlflow"]] = Field(default_factory=lambda: ["none"])
-    deepspeed: str | dict[str, Any] | None = Field(None, description="DeepSpeed config (path or inline); passed to TrainingArguments")
+    report_to: list[ReportTarget] = Field(default_factory=_report_nowhere)
+    deepspeed: str | dict[str, Any] | None = Field(
+        None, description="DeepSpeed config (path or inline); passed to TrainingArguments"
+    )
     fsdp: str | None = Field(None, description="FSDP options string, e.g. 'full_shard auto_wrap'")
     fsdp_config: dict[str, Any] | None = None
 
 
-def training_arguments_kwargs(p: TrainingParams, ctx: StageContext, has_eval: bool) -> dict[str, Any]:
+def training_arguments_kwargs(p: TrainingParams, ctx: StageContext[Any], has_eval: bool) -> dict[str, Any]:
     """Keyword arguments for TrainingArguments (or a trl config) from the
     recipe's parameters; the output dir is the stage's checkpoint directory,
     so trainer checkpoints survive a crash and resume picks them up."""
     device = resolve_device(p.device)
     precision = resolve_precision(p.precision, device)
     report = [r for r in p.report_to if r != "none"] or "none"
-    kw: dict[str, Any] = dict(
-        output_dir=str(ctx.checkpoint_dir),
-        max_steps=p.max_steps,
-        num_train_epochs=p.num_train_epochs,
-        per_device_train_batch_size=p.per_device_train_batch_size,
-        per_device_eval_batch_size=p.per_device_eval_batch_size,
-        gradient_accumulation_steps=p.gradient_accumulation_steps,
-        learning_rate=p.learning_rate,
-        lr_scheduler_type=p.lr_scheduler_type,
-        warmup_steps=p.warmup_steps if p.warmup_steps else p.warmup_ratio,
-        weight_decay=p.weight_decay,
-        max_grad_norm=p.max_grad_norm,
-        optim=p.optim,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        use_cpu=device == "cpu",
-        logging_steps=p.logging_steps,
-        save_strategy="steps",
-        save_steps=p.save_steps,
-        save_total_limit=p.save_total_limit,
-        eval_strategy=("steps" if p.eval_steps else "no") if has_eval else "no",
-        eval_steps=p.eval_steps,
-        dataloader_num_workers=p.dataloader_num_workers,
-        report_to=report,
-        seed=ctx.seed,
-        data_seed=ctx.seed,
-        disable_tqdm=True,
-        save_only_model=False,
-    )
+    kw: dict[str, Any] = {
+        "output_dir": str(ctx.checkpoint_dir),
+        "max_steps": p.max_steps,
+        "num_train_epochs": p.num_train_epochs,
+        "per_device_train_batch_size": p.per_device_train_batch_size,
+        "per_device_eval_batch_size": p.per_device_eval_batch_size,
+        "gradient_accumulation_steps": p.gradient_accumulation_steps,
+        "learning_rate": p.learning_rate,
+        "lr_scheduler_type": p.lr_scheduler_type,
+        "warmup_steps": p.warmup_steps if p.warmup_steps else p.warmup_ratio,
+        "weight_decay": p.weight_decay,
+        "max_grad_norm": p.max_grad_norm,
+        "optim": p.optim,
+        "bf16": precision == "bf16",
+        "fp16": precision == "fp16",
+        "use_cpu": device == "cpu",
+        "logging_steps": p.logging_steps,
+        "save_strategy": "steps",
+        "save_steps": p.save_steps,
+        "save_total_limit": p.save_total_limit,
+        "eval_strategy": ("steps" if p.eval_steps else "no") if has_eval else "no",
+        "eval_steps": p.eval_steps,
+        "dataloader_num_workers": p.dataloader_num_workers,
+        "report_to": report,
+        "seed": ctx.seed,
+        "data_seed": ctx.seed,
+        "disable_tqdm": True,
+        "save_only_model": False,
+    }
     kw[_checkpointing_arg()] = p.gradient_checkpointing
     if p.gradient_checkpointing:
         kw[_checkpointing_arg() + "_kwargs"] = {"use_reentrant": False}
@@ -105,7 +120,7 @@ def _checkpointing_arg() -> str:
     return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
-def last_checkpoint(ctx: StageContext) -> str | None:
+def last_checkpoint(ctx: StageContext[Any]) -> str | None:
     """The newest trainer checkpoint in the stage's checkpoint dir, logged
     with its step so a resume is visible in the run's log."""
     from transformers.trainer_utils import get_last_checkpoint
@@ -120,7 +135,7 @@ def last_checkpoint(ctx: StageContext) -> str | None:
     return ckpt
 
 
-def progress_callback(ctx: StageContext, description: str):
+def progress_callback(ctx: StageContext[Any], description: str) -> Any:
     """A TrainerCallback that drives the runner's progress display and keeps
     the log history (loss, eval loss, learning rate) for the stage's metrics."""
     from transformers import TrainerCallback
@@ -128,8 +143,8 @@ def progress_callback(ctx: StageContext, description: str):
     class _Callback(TrainerCallback):
         def __init__(self) -> None:
             self.history: list[dict[str, Any]] = []
-            self._cm = None
-            self._bar = None
+            self._cm: AbstractContextManager[Progress] | None = None
+            self._bar: Progress | None = None
 
         def on_train_begin(self, args, state, control, **kw):
             self._cm = ctx.progress(description, total=state.max_steps)
@@ -144,8 +159,9 @@ def progress_callback(ctx: StageContext, description: str):
             if logs:
                 entry = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
                 self.history.append(entry)
-                ctx.log.info("step %d: %s", state.global_step,
-                             ", ".join(f"{k}={v:.4g}" for k, v in entry.items() if k != "step"))
+                ctx.log.info(
+                    "step %d: %s", state.global_step, ", ".join(f"{k}={v:.4g}" for k, v in entry.items() if k != "step")
+                )
 
         def on_train_end(self, args, state, control, **kw):
             if self._cm is not None:
@@ -168,9 +184,9 @@ def save_loss_curve(history: list[dict[str, Any]], png: Path, title: str = "loss
 
     fig, ax = plt.subplots(figsize=(6, 4))
     if train:
-        ax.plot(*zip(*train), label="train loss")
+        ax.plot(*zip(*train, strict=True), label="train loss")
     if evals:
-        ax.plot(*zip(*evals), marker="o", label="validation loss")
+        ax.plot(*zip(*evals, strict=True), marker="o", label="validation loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title)

@@ -16,6 +16,8 @@ from pydantic import Field
 from recipe_runner.artifacts import EVAL_REPORT, GGUF_FILE, MODEL, Artifact
 from recipe_runner.stage import Input, Params, Stage, StageContext, StageError
 
+from ..common.models import count_parameters, load_tokenizer, save_model_dir
+
 
 class PushParams(Params):
     repo_id: str = Field(..., description="hub repository, e.g. 'my-org/tinysolar-308m'")
@@ -149,8 +151,6 @@ class ExportStage(Stage):
     def run(self, ctx: StageContext) -> dict[str, Artifact]:
         import torch
         from transformers import AutoModelForCausalLM
-
-        from recipe_runner_stages.common.hf import count_parameters, load_tokenizer, save_model_dir
 
         p: ExportParams = ctx.params  # type: ignore[assignment]
         src = Path(ctx.input("model").path)

@@ -3,12 +3,14 @@ perplexity on a bounded number of tokens, a greedy sample generation, and the
 calibration texts GPTQ needs.  Heavy imports stay inside the functions."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 from recipe_runner.artifacts import DATASET, PACKED_DATASET, TOKENIZED_DATASET, Artifact
 from recipe_runner.stage import StageError
+
+from ..common.generation import GenerationSettings, generate_texts
+from ..common.perplexity import perplexity
 
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt")
 
@@ -103,41 +105,13 @@ def calibration_examples(art: Artifact, tokenizer, n_samples: int, seq_len: int)
     return [{"input_ids": w, "attention_mask": [1] * len(w)} for w in out]
 
 
-def perplexity(model, windows: list[list[int]], device: str, batch_size: int = 8) -> float:
-    """exp(mean next-token NLL) over all windows (same token count for every model)."""
-    import torch
-    import torch.nn.functional as F
-
-    total, count = 0.0, 0
-    model.eval()
-    with torch.no_grad():
-        for length in sorted({len(w) for w in windows}):
-            same = [w for w in windows if len(w) == length]
-            for i in range(0, len(same), batch_size):
-                ids = torch.tensor(same[i : i + batch_size], dtype=torch.long, device=device)
-                logits = model(input_ids=ids).logits.float()
-                nll = F.cross_entropy(
-                    logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
-                )
-                total += float(nll)
-                count += ids[:, 1:].numel()
-    return math.exp(total / count)
-
-
-def sample(model, tokenizer, prompt: str, max_new_tokens: int, device: str) -> str:
-    import torch
-
-    enc = tokenizer(prompt, return_tensors="pt").to(device)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
-    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-
-
-def measure(model, tokenizer, windows, prompt: str, max_new_tokens: int, device: str) -> dict[str, Any]:
+def measure(model, tokenizer, windows, prompt: str, max_new_tokens: int) -> dict[str, Any]:
+    """Perplexity on the token windows (when there are any) and the greedy
+    continuation of ``prompt`` (when it and ``max_new_tokens`` are set)."""
     out: dict[str, Any] = {}
     if windows:
-        out["perplexity"] = perplexity(model, windows, device)
+        out["perplexity"] = perplexity(model, windows).perplexity
     if prompt and max_new_tokens > 0:
-        out["sample"] = sample(model, tokenizer, prompt, max_new_tokens, device)
+        settings = GenerationSettings(max_new_tokens=max_new_tokens)
+        out["sample"] = generate_texts(model, tokenizer, [prompt], settings, add_special_tokens=True)[0]
     return out

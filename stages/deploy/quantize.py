@@ -36,7 +36,9 @@ from recipe_runner.artifacts import (
     Artifact,
 )
 from recipe_runner.stage import Input, Params, PlanView, Stage, StageContext, StageError
-from recipe_runner_stages.common.hf import cpu_threads_field, with_cpu_threads
+
+from ..common.devices import cpu_threads_field, resolve_device, resolve_precision, torch_dtype, with_cpu_threads
+from ..common.models import load_causal_lm, load_tokenizer
 
 GGUFType = Literal["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]
 
@@ -156,8 +158,6 @@ class QuantizeStage(Stage):
 
     @with_cpu_threads
     def run(self, ctx: StageContext) -> dict[str, Artifact]:
-        from recipe_runner_stages.common.hf import load_tokenizer, resolve_device, resolve_precision
-
         from . import quant_eval as qe
 
         p: QuantizeParams = ctx.params  # type: ignore[assignment]
@@ -200,10 +200,8 @@ class QuantizeStage(Stage):
             else:
                 ctx.log.info("no dataset input: perplexity is not measured (sample generation only)")
             with ctx.progress("measure source model", total=None):
-                from recipe_runner_stages.common.hf import load_causal_lm
-
                 src = load_causal_lm(model_dir, precision=precision, device=eval_device)
-                before = qe.measure(src, tokenizer, windows, p.prompt, p.max_new_tokens, eval_device)
+                before = qe.measure(src, tokenizer, windows, p.prompt, p.max_new_tokens)
                 del src
 
         # ---- quantize + read back
@@ -218,7 +216,7 @@ class QuantizeStage(Stage):
         # ---- after
         if p.evaluate:
             with ctx.progress("measure quantized model", total=None):
-                after = qe.measure(reloaded, tokenizer, windows, p.prompt, p.max_new_tokens, eval_device)
+                after = qe.measure(reloaded, tokenizer, windows, p.prompt, p.max_new_tokens)
             if "perplexity" in before:
                 m.update(
                     perplexity_before=round(before["perplexity"], 4),
@@ -283,8 +281,6 @@ class QuantizeStage(Stage):
 
     def _hf_method(self, ctx, p: QuantizeParams, model_dir: Path, tokenizer, data_art, device: str, precision: str):
         import shutil
-
-        from recipe_runner_stages.common.hf import torch_dtype
 
         from . import quant_eval as qe
         from . import quant_methods as qm

@@ -14,8 +14,11 @@ from pydantic import Field
 
 from recipe_runner.artifacts import DATASET, EVAL_REPORT, MODEL, PACKED_DATASET, TOKENIZED_DATASET, Artifact
 from recipe_runner.stage import Input, Params, Stage, StageContext, StageError
-from recipe_runner_stages.common.hf import Device, Precision, cpu_threads_field, with_cpu_threads
 
+from ..common.devices import Device, Precision, cpu_threads_field, resolve_device, resolve_precision, with_cpu_threads
+from ..common.generation import GenerationSettings, generate_texts
+from ..common.models import load_causal_lm, load_tokenizer
+from ..common.perplexity import perplexity
 from .judge import JudgeParams
 
 
@@ -136,11 +139,7 @@ class EvalStage(Stage):
 
     @with_cpu_threads
     def run(self, ctx: StageContext) -> dict[str, Artifact]:
-        import torch
-
-        from recipe_runner_stages.common.hf import load_causal_lm, load_tokenizer, resolve_device, resolve_precision
-
-        from .perplexity import blocks_from_ids, blocks_from_text, pick_split, token_perplexity
+        from .perplexity import blocks_from_ids, blocks_from_text, pick_split
 
         p: EvalParams = ctx.params  # type: ignore[assignment]
         model_dir = Path(ctx.input("model").path)
@@ -178,7 +177,7 @@ class EvalStage(Stage):
             if len(rows) == 0:
                 raise StageError(f"eval: split {split!r} of {data_art.path} gives no rows of {block} tokens")
             with ctx.progress("perplexity", total=len(rows)) as bar:
-                ppl = token_perplexity(model, rows, p.batch_size, bar)
+                ppl = perplexity(model, rows, p.batch_size, bar.advance).as_dict()
             metrics.update({"perplexity": ppl["perplexity"], "eval_loss": ppl["loss"], "perplexity_tokens": ppl["tokens"]})
             report["perplexity"] = {**ppl, "split": split, "kind": data_art.kind,
                                     "definition": "exp(sum of token cross-entropy / predicted tokens)"}
@@ -198,27 +197,16 @@ class EvalStage(Stage):
 
         # ---- sample generations
         if p.generation is not None:
-            from transformers import GenerationConfig
-
             g = p.generation
-            gen_cfg = GenerationConfig(
-                max_new_tokens=g.max_new_tokens, do_sample=g.do_sample,
-                temperature=g.temperature if g.do_sample else None,
-                top_k=g.top_k if g.do_sample else None, top_p=g.top_p if g.do_sample else None,
-                repetition_penalty=g.repetition_penalty,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                bos_token_id=tokenizer.bos_token_id)
-            torch.manual_seed(ctx.seed)
-            samples = []
+            settings = GenerationSettings(
+                max_new_tokens=g.max_new_tokens, do_sample=g.do_sample, temperature=g.temperature, top_k=g.top_k,
+                top_p=g.top_p, repetition_penalty=g.repetition_penalty)
             with ctx.progress("generate", total=len(g.prompts)) as bar:
-                for prompt in g.prompts:
-                    enc = tokenizer(prompt, return_tensors="pt").to(model.device)
-                    with torch.inference_mode():
-                        out = model.generate(**enc, generation_config=gen_cfg, use_cache=True)
-                    completion = tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-                    samples.append({"prompt": prompt, "completion": completion})
-                    ctx.log.info("sample: %r -> %r", prompt, completion[:200])
-                    bar.advance()
+                completions = generate_texts(model, tokenizer, g.prompts, settings, batch_size=1,
+                                             add_special_tokens=True, seed=ctx.seed, progress=bar.advance)
+            samples = [{"prompt": q, "completion": c} for q, c in zip(g.prompts, completions, strict=True)]
+            for sample in samples:
+                ctx.log.info("sample: %r -> %r", sample["prompt"], sample["completion"][:200])
             report["samples"] = samples
             report["generation"] = g.model_dump()
 

@@ -38,6 +38,10 @@ from pydantic import Field, model_validator
 
 from recipe_runner.stage import Params, StageError
 
+from ..common.generation import GenerationSettings, generate_texts
+from ..common.models import load_for_inference
+from ..common.prompts import alpaca_prompt, chat_prompt
+
 SCORE_PROMPT = (
     "Given the input `{instruction_and_input}` and correct output `{output}`, score the model response "
     "`{response}` on a scale from 0 to 100, where 100 is the best score. Respond with the integer number only."
@@ -122,8 +126,6 @@ def format_instruction(item: dict[str, Any]) -> str:
 
 
 def _alpaca_or_raw(item: dict[str, Any], template: str) -> str:
-    from recipe_runner_stages.train.posttrain_common import alpaca_prompt
-
     if "prompt" in item and item.get("prompt") and "instruction" not in item:
         return str(item["prompt"])
     if template == "alpaca":
@@ -134,56 +136,11 @@ def _alpaca_or_raw(item: dict[str, Any], template: str) -> str:
 # ------------------------------------------------------------------ generation
 
 
-def load_generator(model_path: str, device: str = "auto", precision: str = "auto"):
-    """(model, tokenizer) ready for left-padded batched greedy generation."""
-    from recipe_runner_stages.common.hf import load_causal_lm, load_tokenizer, resolve_device, resolve_precision
-
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    if prec == "fp16" and dev == "cpu":
-        prec = "fp32"
-    tok = load_tokenizer(model_path)
-    model = load_causal_lm(model_path, precision=prec, device=dev)
-    model.eval()
-    return model, tok
-
-
-def generate_texts(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int = 128,
-                   batch_size: int = 8, do_sample: bool = False, temperature: float = 1.0,
-                   repetition_penalty: float | None = None, progress: Callable[[int], None] | None = None) -> list[str]:
-    """Continuations of ``prompts`` (new text only), batched with left padding;
-    prompts are truncated from the left to fit the model's context."""
-    import torch
-
-    device = next(model.parameters()).device
-    max_pos = getattr(model.config.get_text_config(), "max_position_embeddings", None) or 10**9
-    keep = max(1, max_pos - max_new_tokens)
-    old_side, old_trunc = tokenizer.padding_side, tokenizer.truncation_side
-    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
-    outs: list[str] = []
-    try:
-        for i in range(0, len(prompts), batch_size):
-            chunk = prompts[i:i + batch_size]
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=keep,
-                            add_special_tokens=False)
-            enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-            gen_kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            if do_sample:
-                gen_kw.update(temperature=temperature, top_k=0, top_p=1.0)
-            else:
-                gen_kw.update(temperature=None, top_p=None, top_k=None)
-            if repetition_penalty:
-                gen_kw["repetition_penalty"] = repetition_penalty
-            with torch.no_grad():
-                out = model.generate(**enc, **gen_kw)
-            new = out[:, enc["input_ids"].shape[1]:]
-            outs.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
-            if progress:
-                progress(len(chunk))
-    finally:
-        tokenizer.padding_side, tokenizer.truncation_side = old_side, old_trunc
-    return outs
+def _greedy_texts(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
+                  repetition_penalty: float | None = None) -> list[str]:
+    """Greedy continuations of ``prompts``, stripped."""
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty or None)
+    return [t.strip() for t in generate_texts(model, tokenizer, prompts, settings, batch_size=batch_size)]
 
 
 def generate_responses(model_path: str | None, items: list[dict[str, Any]], *, template: str = "alpaca",
@@ -199,16 +156,14 @@ def generate_responses(model_path: str | None, items: list[dict[str, Any]], *, t
     if model is None or tokenizer is None:
         if model_path is None:
             raise ValueError("generate_responses needs model_path or a loaded model and tokenizer")
-        model, tokenizer = load_generator(model_path, device, precision)
+        model, tokenizer = load_for_inference(model_path, device, precision)
     if template == "chat":
         if not getattr(tokenizer, "chat_template", None):
             raise StageError(f"template 'chat': the tokenizer of {model_path} has no chat template")
-        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": format_instruction(it)}],
-                                                 tokenize=False, add_generation_prompt=True) for it in items]
+        prompts = [chat_prompt(tokenizer, format_instruction(it)) for it in items]
     else:
         prompts = [_alpaca_or_raw(it, template) for it in items]
-    return generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                          repetition_penalty=repetition_penalty)
+    return _greedy_texts(model, tokenizer, prompts, max_new_tokens, batch_size, repetition_penalty)
 
 
 # ------------------------------------------------------------------ parsing
@@ -267,16 +222,14 @@ def _reason(text: str) -> str:
 class _LocalJudge:
     def __init__(self, p: JudgeParams, path: str):
         self.p = p
-        self.model, self.tok = load_generator(path, p.device, p.precision)
+        self.model, self.tok = load_for_inference(path, p.device, p.precision)
 
     def __call__(self, prompts: list[str]) -> list[str]:
         if self.p.use_chat_template and getattr(self.tok, "chat_template", None):
-            prompts = [self.tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
-                                                    add_generation_prompt=True) for q in prompts]
+            prompts = [chat_prompt(self.tok, q) for q in prompts]
         else:
             prompts = [q + "\n\n" for q in prompts]
-        return generate_texts(self.model, self.tok, prompts, max_new_tokens=self.p.max_new_tokens,
-                              batch_size=self.p.batch_size)
+        return _greedy_texts(self.model, self.tok, prompts, self.p.max_new_tokens, self.p.batch_size)
 
 
 class _EndpointJudge:

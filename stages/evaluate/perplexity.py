@@ -1,20 +1,14 @@
-"""Token-level perplexity of a causal LM on held-out rows.
-
-perplexity = exp(total cross-entropy / number of predicted tokens), summed over
-every predicted token of every row (a mean over tokens, not a mean of
-per-batch means, so the result does not depend on the batch size or on a
-short last batch).  Rows come from a packed dataset, or are built from a text
-dataset (documents tokenized, joined with EOS, cut into fixed-length blocks)
-or a tokenized dataset.
+"""The eval stage's held-out rows for perplexity (scored by
+``common/perplexity.py``): the held-out split of the dataset input, and
+fixed-length blocks built from a text dataset (documents tokenized, joined
+with EOS, cut into blocks) or a tokenized dataset.  Packed datasets keep their
+rows.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from recipe_runner.stage import StageError
-
-MODEL_COLUMNS = ("input_ids", "labels", "attention_mask", "position_ids")
 
 
 def pick_split(ds, split: str | None, what: str) -> tuple[str, Any]:
@@ -59,44 +53,3 @@ def blocks_from_text(ds, tokenizer, column: str, block_size: int, num_proc: int 
         lambda b: {"input_ids": tokenizer(b[column], add_special_tokens=False)["input_ids"]},
         batched=True, remove_columns=[column], num_proc=num_proc)
     return blocks_from_ids(tok, block_size, tokenizer.eos_token_id, num_proc)
-
-
-def token_perplexity(model, rows, batch_size: int = 8, progress=None) -> dict[str, float]:
-    """Sum of next-token cross-entropy over all predicted tokens of ``rows``
-    (a datasets.Dataset of fixed-length ``input_ids``, with optional labels /
-    attention_mask / position_ids) and its exp.  Labels default to the inputs;
-    -100 and padded positions are not predicted."""
-    import torch
-    import torch.nn.functional as F
-
-    cols = [c for c in MODEL_COLUMNS if c in rows.column_names]
-    data = rows.select_columns(cols).with_format("torch")
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(data), batch_size):
-            batch = data[start:start + batch_size]
-            input_ids = batch["input_ids"].to(device)
-            labels = batch["labels"].to(device) if "labels" in batch else input_ids.clone()
-            kwargs: dict[str, Any] = {}
-            if "attention_mask" in batch:
-                mask = batch["attention_mask"].to(device)
-                kwargs["attention_mask"] = mask
-                if "labels" not in batch:
-                    labels = labels.masked_fill(mask == 0, -100)
-            if "position_ids" in batch:
-                kwargs["position_ids"] = batch["position_ids"].to(device)
-            logits = model(input_ids=input_ids, **kwargs).logits
-            shift_logits = logits[:, :-1, :].float()
-            shift_labels = labels[:, 1:]
-            loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-                                   ignore_index=-100, reduction="sum")
-            total += float(loss)
-            count += int((shift_labels != -100).sum())
-            if progress is not None:
-                progress.advance(len(input_ids))
-    if count == 0:
-        raise StageError("eval: no tokens to score for perplexity (all labels masked or no rows)")
-    mean = total / count
-    return {"loss": mean, "perplexity": math.exp(min(mean, 700.0)), "tokens": count, "rows": len(data)}

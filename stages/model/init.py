@@ -35,6 +35,8 @@ from recipe_runner import MAX_POSITIONS, Facts
 from recipe_runner.artifacts import MODEL, TOKENIZER, Artifact
 from recipe_runner.stage import Input, Params, PlanView, Stage, StageContext, StageError
 
+from ..common.models import count_parameters, decoder_layers, load_tokenizer, save_model_dir
+
 #: the course's model config (lesson "Preparing your model for training"):
 #: TinySolar-248m-4k's shape; LlamaConfig defaults for the rest (vocab 32000,
 #: 32 attention heads, tied embeddings off).
@@ -173,28 +175,6 @@ def truncated_normal_init_(model, std: float = 0.02) -> dict[str, int]:
     return counts
 
 
-def decoder_layers(model):
-    """The ``nn.ModuleList`` of decoder layers of a causal LM (``model.model.layers``
-    for Llama-likes, ``model.transformer.h`` for GPT-2, ...) and its owner."""
-    from torch import nn
-
-    n = model.config.num_hidden_layers
-    base = getattr(model, getattr(model, "base_model_prefix", "model"), None) or model
-    for owner in (base, getattr(base, "decoder", None), model):
-        if owner is None:
-            continue
-        for attr in ("layers", "h", "blocks", "block"):
-            layers = getattr(owner, attr, None)
-            if isinstance(layers, nn.ModuleList) and len(layers) == n:
-                return owner, attr
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) == n:
-            owner_name, _, attr = name.rpartition(".")
-            return model.get_submodule(owner_name) if owner_name else model, attr
-    raise StageError(f"init: cannot find the decoder layers of {type(model).__name__} "
-                     f"(no ModuleList of {n} layers)")
-
-
 def layer_map(num_layers: int, slices: list[tuple[int, int]] | None) -> list[int]:
     """Source layer index of each new layer."""
     if not slices:
@@ -249,8 +229,6 @@ def course_param_counts() -> dict[str, int]:
     """Parameter counts of the course's three models, from configs on the
     meta device (no weights allocated): TinySolar-248m-4k, it downscaled to
     10 layers and up-scaled to 16."""
-    from recipe_runner_stages.common.hf import count_parameters
-
     out = {}
     for label, slices in (("base_12", None), ("downscaled_10", [(0, 5), (7, 12)]), ("upscaled_16", [(0, 8), (4, 12)])):
         model = build_random_model(build_config("llama", TINYSOLAR_CONFIG), device="meta")
@@ -356,8 +334,6 @@ def _load_pretrained(ref: str, p: InitParams, dtype):
 
 
 def _load_tok(ref: str, p: InitParams):
-    from recipe_runner_stages.common.hf import load_tokenizer
-
     try:
         return load_tokenizer(ref, revision=p.revision if ref == p.from_pretrained else None,
                               trust_remote_code=p.trust_remote_code)
@@ -415,8 +391,6 @@ class InitStage(Stage):
 
     def run(self, ctx: StageContext) -> dict[str, Artifact]:
         import torch
-
-        from recipe_runner_stages.common.hf import count_parameters, save_model_dir
 
         p: InitParams = ctx.params  # type: ignore[assignment]
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[p.dtype]

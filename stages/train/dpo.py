@@ -10,8 +10,8 @@ from pydantic import Field
 
 from recipe_runner.artifacts import MODEL, Artifact
 from recipe_runner.stage import StageContext
-from recipe_runner_stages.common.hf import with_cpu_threads
 
+from ..common.devices import with_cpu_threads
 from .posttrain_common import LoraParams
 from .reward import PreferenceParams, PreferenceStage
 
@@ -61,10 +61,10 @@ def run_dpo(ctx: StageContext) -> dict[str, Artifact]:
     from transformers import AutoModelForCausalLM, PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
-    from ..common.hf import load_tokenizer, resolve_device, resolve_precision
+    from ..common.devices import resolve_device, resolve_precision
+    from ..common.models import load_tokenizer, max_positions, resolve_model_path, save_model_artifact
     from ..common.training import last_checkpoint, progress_callback, save_loss_curve, training_arguments_kwargs
-    from .posttrain_common import (history_summary, load_stage_dataset, prepare_preferences, resolve_model_path,
-                                   save_model_artifact, train_eval_split)
+    from .posttrain_common import history_summary, load_stage_dataset, prepare_preferences, train_eval_split
 
     p: DPOParams = ctx.params  # type: ignore[assignment]
     base = resolve_model_path(ctx)
@@ -87,7 +87,7 @@ def run_dpo(ctx: StageContext) -> dict[str, Artifact]:
     if p.lora is None:
         ref = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
         ref.requires_grad_(False).eval()
-    max_pos = getattr(policy.config.get_text_config(), "max_position_embeddings", None)
+    max_pos = max_positions(policy)
     max_length = min(p.max_length, max_pos) if max_pos else p.max_length
 
     kw = training_arguments_kwargs(p, ctx, has_eval=eval_ds is not None)

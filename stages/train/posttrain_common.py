@@ -1,8 +1,7 @@
 """Shared pieces of the post-training stages (sft, reward, dpo, ppo):
-parameter blocks (LoRA, QLoRA), the model input slot, dataset loading and
-splitting, instruction / preference formats (Alpaca templates, hh-rlhf
-Human/Assistant splitting), shipped chat templates, and batched reward
-scoring.  Heavy libraries are imported inside functions only."""
+parameter blocks (LoRA, QLoRA), dataset loading and splitting, preference
+formats (hh-rlhf Human/Assistant splitting), shipped chat templates, and
+batched reward scoring.  Heavy libraries are imported inside functions only."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,22 +9,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from recipe_runner.artifacts import DATASET, MODEL, PREFERENCE_DATASET, Artifact
+from recipe_runner.artifacts import DATASET, PREFERENCE_DATASET, Artifact
 from recipe_runner.stage import Input, Params, StageContext, StageError
 
 # ---------------------------------------------------------------- templates
-
-# The standard Alpaca prompt templates (tatsu-lab/stanford_alpaca, train.py).
-ALPACA_PROMPT_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-)
-ALPACA_PROMPT_NO_INPUT = (
-    "Below is an instruction that describes a task. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:\n"
-)
 
 # Chat templates for tokenizers that have none.  Special markers are plain
 # text (no tokens are added to the vocabulary, so no embedding resize is
@@ -49,18 +36,6 @@ CHAT_TEMPLATES: dict[str, str] = {
 }
 
 HH_ASSISTANT = "\n\nAssistant:"
-
-
-def alpaca_prompt(instruction: str, input_text: str | None) -> str:
-    if input_text and str(input_text).strip():
-        return ALPACA_PROMPT_INPUT.format(instruction=instruction, input=input_text)
-    return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction)
-
-
-def alpaca_prompts_batch(batch: dict[str, list], instruction_col: str = "instruction",
-                         input_col: str = "input") -> list[str]:
-    inputs = batch.get(input_col) or [None] * len(batch[instruction_col])
-    return [alpaca_prompt(i, x) for i, x in zip(batch[instruction_col], inputs)]
 
 
 def split_hh(text: str) -> tuple[str, str] | None:
@@ -116,54 +91,11 @@ def bnb_config(q: QLoraParams, device: str):
         raise StageError("QLoRA needs bitsandbytes: pip install 'recipe-runner[gpu]' (or bitsandbytes)") from e
     from transformers import BitsAndBytesConfig
 
-    from ..common.hf import torch_dtype
+    from ..common.devices import torch_dtype
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.quant_type,
                               bnb_4bit_use_double_quant=q.double_quant,
                               bnb_4bit_compute_dtype=torch_dtype(q.compute_dtype))
-
-
-MODEL_PATH_DESC = ("a hub id or local directory of the starting model; when set, the stage takes no 'model' input "
-                   "(otherwise the latest upstream model artifact is used)")
-
-
-def model_input_slots(params: Any, base: dict[str, Input], slot: str = "model") -> dict[str, Input]:
-    """Drop the model input slot when the recipe names the model by path."""
-    slots = dict(base)
-    if getattr(params, "model_name_or_path", None):
-        slots.pop(slot, None)
-    return slots
-
-
-def resolve_model_path(ctx: StageContext, slot: str = "model") -> str:
-    p = ctx.params
-    path = getattr(p, "model_name_or_path", None)
-    if path:
-        return str(path)
-    art = ctx.inputs.get(slot)
-    if art is None:
-        raise StageError(f"stage {ctx.name!r} needs a starting model: an upstream '{slot}' artifact or the "
-                         f"'model_name_or_path' parameter")
-    return str(art.path)
-
-
-def model_meta(model: Any, tokenizer: Any | None = None) -> dict[str, Any]:
-    from ..common.hf import count_parameters
-
-    cfg = model.config
-    text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    return {
-        "num_parameters": int(count_parameters(model)),
-        "num_layers": int(getattr(text_cfg, "num_hidden_layers", 0) or 0),
-        "vocab_size": int(len(tokenizer) if tokenizer is not None else getattr(text_cfg, "vocab_size", 0)),
-    }
-
-
-def save_model_artifact(model: Any, tokenizer: Any, path: Path, **extra_meta: Any) -> Artifact:
-    from ..common.hf import save_model_dir
-
-    save_model_dir(model, tokenizer, path)
-    return Artifact(kind=MODEL, path=path, meta={**model_meta(model, tokenizer), **extra_meta})
 
 
 # ---------------------------------------------------------------- datasets
@@ -312,7 +244,6 @@ def prepare_preferences(ds: Any, ctx: StageContext, split_name: str, hh_format: 
 PREFERENCE_INPUT = Input(DATASET, PREFERENCE_DATASET,
                          description="preference pairs: columns chosen / rejected and optionally prompt "
                                      "(hh-rlhf's Human/Assistant texts are split into prompt / responses)")
-MODEL_INPUT = Input(MODEL, optional=True, description="the starting causal LM (or set model_name_or_path)")
 
 
 # ---------------------------------------------------------------- rewards

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..common.generation import GenerationSettings, SpecialTokens, generate_ids
+
 
 @dataclass
 class PPOSettings:
@@ -181,33 +183,21 @@ class PPOEngine:
                  do_sample: bool = True) -> list[list[int]]:
         """Sample one response per query (token ids, cut after the first EOS)."""
         cfg = self.cfg
-        out: list[list[int]] = []
-        if generator_seed is not None:
-            torch.manual_seed(generator_seed)
-        lm = self.policy.lm
-        for i in range(0, len(queries), cfg.forward_batch_size):
-            chunk = queries[i:i + cfg.forward_batch_size]
-            lq = max(len(q) for q in chunk)
-            ids = torch.full((len(chunk), lq), self.pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for j, q in enumerate(chunk):
-                ids[j, lq - len(q):] = torch.as_tensor(list(q))
-                mask[j, lq - len(q):] = 1
-            kw: dict[str, Any] = dict(max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
-                                      pad_token_id=self.pad_id, eos_token_id=self.eos_id, do_sample=do_sample)
-            if do_sample:
-                kw.update(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
-            else:
-                kw.update(temperature=None, top_k=None, top_p=None)
-            with self._autocast():
-                gen = lm.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kw)
-            for row in gen[:, lq:].tolist():
-                if self.eos_id is not None and self.eos_id in row:
-                    row = row[: row.index(self.eos_id) + 1]
-                elif self.pad_id in row and self.pad_id != self.eos_id:
-                    row = row[: row.index(self.pad_id)] or row[:1]
-                out.append(row or [self.eos_id])
-        return out
+        settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
+                                      do_sample=do_sample, temperature=cfg.temperature, top_k=cfg.top_k,
+                                      top_p=cfg.top_p)
+        with self._autocast():
+            rows = generate_ids(self.policy.lm, queries, settings, SpecialTokens(pad=self.pad_id, eos=self.eos_id),
+                                batch_size=cfg.forward_batch_size, seed=generator_seed)
+        return [self._response(row) for row in rows]
+
+    def _response(self, row: list[int]) -> list[int]:
+        """A generated row up to and including its first EOS (or up to the padding)."""
+        if self.eos_id is not None and self.eos_id in row:
+            row = row[: row.index(self.eos_id) + 1]
+        elif self.pad_id in row and self.pad_id != self.eos_id:
+            row = row[: row.index(self.pad_id)] or row[:1]
+        return row or [self.eos_id]
 
     @torch.no_grad()
     def _rollout_stats(self, queries, responses):

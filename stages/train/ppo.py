@@ -13,17 +13,14 @@ from pydantic import Field
 
 from recipe_runner.artifacts import DATASET, MODEL, PREFERENCE_DATASET, REWARD_MODEL, Artifact
 from recipe_runner.stage import Input, Params, Stage, StageContext, StageError
-from recipe_runner_stages.common.hf import with_cpu_threads
 
-from ..common.hf import Device, Precision, cpu_threads_field
+from ..common.devices import Device, Precision, cpu_threads_field, with_cpu_threads
+from ..common.models import MODEL_INPUT, MODEL_PATH_DESC, model_input_slots
 from .posttrain_common import (
     DATA_PATH_DESC,
-    MODEL_INPUT,
-    MODEL_PATH_DESC,
+    LoraParams,
     data_input_slots,
     data_path_fingerprint,
-    LoraParams,
-    model_input_slots,
 )
 
 
@@ -128,7 +125,8 @@ def _detect_prompt_format(cols: list[str], p: PPOParams) -> str:
 
 
 def prompts_of(ds: Any, p: PPOParams) -> tuple[list[str], str]:
-    from .posttrain_common import alpaca_prompts_batch, split_hh
+    from ..common.prompts import alpaca_prompts_batch
+    from .posttrain_common import split_hh
 
     cols = ds.column_names
     fmt = _detect_prompt_format(cols, p)
@@ -164,8 +162,9 @@ def run_ppo(ctx: StageContext) -> dict[str, Artifact]:
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from ..common.hf import load_tokenizer, resolve_device, resolve_precision, torch_dtype
-    from .posttrain_common import load_stage_dataset, resolve_model_path, save_model_artifact, score_texts
+    from ..common.devices import resolve_device, resolve_precision, torch_dtype
+    from ..common.models import load_tokenizer, max_positions, resolve_model_path, save_model_artifact
+    from .posttrain_common import load_stage_dataset, score_texts
     from .posttrain_ppo import PolicyWithValueHead, PPOEngine, PPOSettings, mean_reward
 
     p: PPOParams = ctx.params  # type: ignore[assignment]
@@ -194,7 +193,7 @@ def run_ppo(ctx: StageContext) -> dict[str, Artifact]:
     tok = load_tokenizer(base)
     torch.manual_seed(ctx.seed)
     lm = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(device)
-    max_pos = getattr(lm.config.get_text_config(), "max_position_embeddings", None)
+    max_pos = max_positions(lm)
     max_prompt = p.max_prompt_length
     if max_pos and max_prompt + p.max_new_tokens > max_pos:
         max_prompt = max_pos - p.max_new_tokens

@@ -23,10 +23,10 @@ from pydantic import Field
 from recipe_runner.artifacts import MODEL, PACKED_DATASET, Artifact
 from recipe_runner import MAX_POSITIONS, SEQ_LENGTH, Facts
 from recipe_runner.stage import Input, PlanView, Stage, StageContext, StageError
-from recipe_runner_stages.common.hf import with_cpu_threads
-from recipe_runner_stages.common.training import TrainingParams
 
-MODEL_COLUMNS = ("input_ids", "labels", "attention_mask", "position_ids")
+from ..common.devices import with_cpu_threads
+from ..common.models import MODEL_COLUMNS
+from ..common.training import TrainingParams
 
 
 class PretrainParams(TrainingParams):
@@ -57,7 +57,7 @@ def freeze_layers(model, train_top_layers: int | None, freeze_embeddings: bool) 
     """Layer freezing as in the Llama-2 instruction-tuning recipe: only the top
     ``train_top_layers`` decoder layers, the final norm and the head learn;
     optionally the input embeddings are frozen too."""
-    from recipe_runner_stages.model.init import decoder_layers
+    from ..common.models import decoder_layers
 
     if train_top_layers is not None:
         owner, attr = decoder_layers(model)
@@ -175,9 +175,8 @@ class PretrainStage(Stage):
         import torch
         from transformers import AutoModelForCausalLM, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-        from recipe_runner_stages.common.hf import count_parameters, load_tokenizer, save_model_dir
-        from recipe_runner_stages.common.training import (
-            last_checkpoint, progress_callback, save_loss_curve, training_arguments_kwargs)
+        from ..common.models import count_parameters, load_tokenizer, save_model_dir
+        from ..common.training import last_checkpoint, progress_callback, save_loss_curve, training_arguments_kwargs
 
         p: PretrainParams = ctx.params  # type: ignore[assignment]
         model_dir = Path(ctx.input("model").path)

@@ -10,17 +10,15 @@ from pydantic import Field
 
 from recipe_runner.artifacts import REWARD_MODEL, Artifact
 from recipe_runner.stage import Stage, StageContext, StageError
-from recipe_runner_stages.common.hf import with_cpu_threads
 
+from ..common.devices import with_cpu_threads
+from ..common.models import MODEL_INPUT, MODEL_PATH_DESC, model_input_slots
 from ..common.training import TrainingParams
 from .posttrain_common import (
     DATA_PATH_DESC,
-    MODEL_INPUT,
-    MODEL_PATH_DESC,
     PREFERENCE_INPUT,
     data_input_slots,
     data_path_fingerprint,
-    model_input_slots,
 )
 
 HH_DESC = ("split hh-rlhf style texts ('\\n\\nHuman: ...\\n\\nAssistant: ...') into prompt / responses (the prompt "
@@ -122,10 +120,9 @@ def run_reward(ctx: StageContext) -> dict[str, Artifact]:
     from transformers import PrinterCallback
     from trl import RewardConfig, RewardTrainer
 
-    from ..common.hf import load_tokenizer, save_model_dir
+    from ..common.models import load_tokenizer, max_positions, resolve_model_path, save_model_dir
     from ..common.training import last_checkpoint, progress_callback, save_loss_curve, training_arguments_kwargs
-    from .posttrain_common import (history_summary, load_stage_dataset, prepare_preferences, resolve_model_path,
-                                   train_eval_split)
+    from .posttrain_common import history_summary, load_stage_dataset, prepare_preferences, train_eval_split
 
     p: RewardParams = ctx.params  # type: ignore[assignment]
     base = resolve_model_path(ctx)
@@ -139,7 +136,7 @@ def run_reward(ctx: StageContext) -> dict[str, Artifact]:
 
     tok = load_tokenizer(base)
     model = load_reward_base(base, tok)
-    max_pos = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    max_pos = max_positions(model)
     max_length = min(p.max_length, max_pos) if max_pos else p.max_length
 
     kw = training_arguments_kwargs(p, ctx, has_eval=eval_ds is not None)

@@ -11,20 +11,18 @@ from pydantic import Field
 
 from recipe_runner.artifacts import ADAPTER, DATASET, MODEL, Artifact
 from recipe_runner.stage import Input, PlanView, Stage, StageContext, StageError
-from recipe_runner_stages.common.hf import with_cpu_threads
 
+from ..common.devices import with_cpu_threads
+from ..common.models import MODEL_INPUT, MODEL_PATH_DESC, model_input_slots
+from ..common.prompts import alpaca_prompts_batch, chat_prompt
 from ..common.training import TrainingParams
 from .posttrain_common import (
     CHAT_TEMPLATES,
     DATA_PATH_DESC,
-    data_input_slots,
-    data_path_fingerprint,
-    MODEL_INPUT,
-    MODEL_PATH_DESC,
     LoraParams,
     QLoraParams,
-    alpaca_prompts_batch,
-    model_input_slots,
+    data_input_slots,
+    data_path_fingerprint,
 )
 
 Format = Literal["auto", "alpaca", "chat", "prompt_completion", "text", "chosen"]
@@ -255,7 +253,8 @@ def build_sft_trainer(ctx: StageContext, base_path: str, callbacks: list | None 
     (tests inspect the prepared datasets without training)."""
     from trl import SFTConfig, SFTTrainer
 
-    from ..common.hf import load_tokenizer, resolve_device, resolve_precision
+    from ..common.devices import resolve_device, resolve_precision
+    from ..common.models import load_tokenizer, max_positions
     from ..common.training import training_arguments_kwargs
     from .posttrain_common import load_stage_dataset, train_eval_split
 
@@ -280,7 +279,7 @@ def build_sft_trainer(ctx: StageContext, base_path: str, callbacks: list | None 
     tok = load_tokenizer(base_path)
     _set_chat_template(tok, p, fmt)
     model = load_model_for_sft(base_path, p, device, precision)
-    max_pos = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    max_pos = max_positions(model)
     max_length = p.max_length
     if max_pos and max_length > max_pos:
         ctx.log.warning("max_length %d exceeds the model's context (%d); using %d", max_length, max_pos, max_pos)
@@ -318,12 +317,11 @@ def _sample_prompts(ds: Any, tok: Any, n: int) -> list[dict[str, Any]]:
             prompt = r["prompt"]
             ref = r.get("completion")
             if isinstance(prompt, list):
-                prompt = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+                prompt = chat_prompt(tok, prompt)
                 ref = ref[-1]["content"] if ref else None
         elif "messages" in r:
             msgs = r["messages"]
-            prompt = tok.apply_chat_template(msgs[:-1] if len(msgs) > 1 else msgs, tokenize=False,
-                                             add_generation_prompt=True)
+            prompt = chat_prompt(tok, msgs[:-1] if len(msgs) > 1 else msgs)
             ref = msgs[-1]["content"] if len(msgs) > 1 else None
         else:
             text = r["text"]
@@ -335,17 +333,17 @@ def _sample_prompts(ds: Any, tok: Any, n: int) -> list[dict[str, Any]]:
 def write_samples(ctx: StageContext, model: Any, tok: Any, ds: Any, out_dir, p: SFTParams) -> None:
     if p.num_samples <= 0 or ds is None or len(ds) == 0:
         return
-    from recipe_runner_stages.evaluate.judge import generate_texts
+    from ..common.generation import GenerationSettings, generate_texts
 
     items = _sample_prompts(ds, tok, p.num_samples)
     was_training = model.training
     model.eval()
-    texts = generate_texts(model, tok, [it["prompt"] for it in items], max_new_tokens=p.sample_max_new_tokens,
-                           batch_size=4)
+    texts = generate_texts(model, tok, [it["prompt"] for it in items],
+                           GenerationSettings(max_new_tokens=p.sample_max_new_tokens), batch_size=4)
     if was_training:
         model.train()
     for it, t in zip(items, texts):
-        it["response"] = t
+        it["response"] = t.strip()
     with (out_dir / "samples.jsonl").open("w", encoding="utf-8") as f:
         for it in items:
             f.write(json.dumps(it, ensure_ascii=False) + "\n")
@@ -361,8 +359,9 @@ def write_samples(ctx: StageContext, model: Any, tok: Any, ds: Any, out_dir, p: 
 def run_sft(ctx: StageContext) -> dict[str, Artifact]:
     import torch
 
+    from ..common.models import resolve_model_path, save_model_artifact
     from ..common.training import last_checkpoint, progress_callback, save_loss_curve
-    from .posttrain_common import history_summary, resolve_model_path, save_model_artifact
+    from .posttrain_common import history_summary
 
     p: SFTParams = ctx.params  # type: ignore[assignment]
     base_path = resolve_model_path(ctx)
@@ -424,7 +423,7 @@ def merge_adapter(base_path: str, adapter_dir, p: SFTParams, trained: Any):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from ..common.hf import torch_dtype
+    from ..common.devices import torch_dtype
 
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype(p.qlora.compute_dtype))
     return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()

@@ -90,7 +90,7 @@ def reward_model(tmp_path_factory, tiny_model_dir):
     """A reward model made as the reward stage makes it (a 1-output classifier
     initialised from the causal LM), untrained: the stage test checks the
     plumbing, the algorithm test above checks learning."""
-    from recipe_runner_stages.common.hf import load_tokenizer, save_model_dir
+    from recipe_runner_stages.common.models import load_tokenizer, save_model_dir
     from recipe_runner_stages.train.reward import load_reward_base
 
     out = tmp_path_factory.mktemp("rm")

@@ -12,7 +12,7 @@ import torch
 from recipe_runner.artifacts import DATASET, Artifact
 from recipe_runner.stage import StageContext, StageError
 from recipe_runner.testing import run_stage
-from recipe_runner_stages.train.posttrain_common import ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT, alpaca_prompt
+from recipe_runner_stages.common.prompts import alpaca_prompt
 from recipe_runner_stages.train.sft import SFTParams, SFTStage, build_sft_trainer
 
 FAST = {"max_steps": 4, "per_device_train_batch_size": 4, "max_length": 128, "logging_steps": 1,
@@ -23,14 +23,6 @@ def _state(path):
     from transformers import AutoModelForCausalLM
 
     return {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(str(path)).state_dict().items()}
-
-
-def test_alpaca_templates_are_the_standard_ones():
-    assert alpaca_prompt("Do X.", "") == ALPACA_PROMPT_NO_INPUT.format(instruction="Do X.")
-    assert alpaca_prompt("Do X.", "ctx").startswith(
-        "Below is an instruction that describes a task, paired with an input that provides further context. "
-        "Write a response that appropriately completes the request.\n\n### Instruction:\nDo X.\n\n### Input:\nctx")
-    assert ALPACA_PROMPT_INPUT.endswith("### Response:\n") and ALPACA_PROMPT_NO_INPUT.endswith("### Response:\n")
 
 
 def test_lora_changes_only_adapter_and_merge_equals_base_plus_adapter(tmp_path, tiny_model, alpaca_dataset):
