@@ -40,6 +40,9 @@ def _load(recipe: str, overrides: list[str] | None) -> Recipe:
     except RecipeError as e:
         typer.echo(e.format(), err=True)
         raise typer.Exit(EXIT_INVALID) from None
+    except Exception as e:  # a recipe the checks did not foresee: still a recipe problem, never a traceback
+        typer.echo(f"1 problem in recipe:\n  {recipe}: cannot load it: {type(e).__name__}: {e}", err=True)
+        raise typer.Exit(EXIT_INVALID) from None
 
 
 def _recipe_path(recipe: str) -> Path:
@@ -66,12 +69,13 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run a recipe's stages, reusing every cached stage and resuming interrupted ones."""
-    from .console import progress_sink, setup_logging, stdout, summary_table
+    from .console import progress_sink, redact_logs, setup_logging, stdout, summary_table
     from .errors import RunError
     from .runner import Runner, Selection
 
     setup_logging(verbose)
     r = _load(recipe, set_)
+    redact_logs(r.secrets)
     sel = Selection(from_, until, list(only or []), list(force or []))
     runner = Runner(r, workdir, progress_sink=progress_sink(), on_event=_print_event)
     try:
@@ -90,6 +94,8 @@ def run(
     typer.echo(f"runner overhead: {result.runner_seconds:.2f}s (time outside the stages' own work)")
     if not result.ok:
         typer.echo(f"stage '{result.failed_stage}' failed: {result.error}", err=True)
+        log_file = runner.store.logs_dir / f"{result.failed_stage}.log"
+        typer.echo(f"the full traceback is in {log_file}" + ("" if verbose else " (or run with -v)"), err=True)
         typer.echo(
             "fix the cause and run the same command again: finished stages are reused and "
             "the failed one resumes from its checkpoints.",
@@ -327,6 +333,10 @@ def main() -> None:
         app()
     except BrokenPipeError:
         sys.exit(0)
+    except OSError as e:  # an unwritable work dir, a full disk: the tool's error, not a traceback
+        where = f": {e.filename}" if e.filename else ""
+        typer.echo(f"error: {e.strerror or e}{where}", err=True)
+        sys.exit(EXIT_INVALID)
 
 
 if __name__ == "__main__":

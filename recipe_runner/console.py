@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from .redaction import RedactSecrets
 from .stage import Progress, ProgressSink
 
 console = Console(stderr=True)
@@ -21,9 +22,18 @@ def is_tty() -> bool:
     return console.is_terminal
 
 
+def redact_logs(secrets: frozenset[str]) -> None:
+    """Redact these values in everything the console handlers print."""
+    if secrets:
+        for h in logging.getLogger("recipe_runner").handlers:
+            h.addFilter(RedactSecrets(secrets))
+
+
 def setup_logging(verbose: bool = False) -> None:
+    """Console logging: INFO, or DEBUG with -v (stage tracebacks are logged at
+    DEBUG: always in the stage's log file, on the console only with -v)."""
     root = logging.getLogger("recipe_runner")
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.setLevel(logging.DEBUG)
     root.propagate = False
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -35,6 +45,7 @@ def setup_logging(verbose: bool = False) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", "%H:%M:%S"))
+    handler.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.addHandler(handler)
 
 

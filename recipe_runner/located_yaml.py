@@ -17,6 +17,12 @@ from .errors import Problem, RecipeError
 
 Loc = tuple[str, int, int]  # file, 1-based line, 1-based column
 
+# Bounds that keep a hostile recipe from hanging or crashing the loader: a recipe
+# is a few kB of YAML, so these are far above any real one.
+MAX_RECIPE_BYTES = 1 << 20  # 1 MiB
+MAX_DEPTH = 64  # nesting of mappings and lists
+MAX_NODES = 100_000  # values after expanding every alias (a "billion laughs" file expands to 10^9)
+
 
 class LocDict(dict[Any, Any]):
     """A dict with ``locs[key]`` (where the key is) and ``loc`` (where the mapping starts)."""
@@ -40,19 +46,55 @@ def _mark(node: yaml.Node, file: str) -> Loc:
 
 class _Loader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no type information
     file = "<string>"
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise RecipeError(
+                    [Problem(f"nesting deeper than {MAX_DEPTH} levels", self.file, mark.line + 1, mark.column + 1)]
+                )
+            node: yaml.Node = super().compose_node(parent, index)
+            return node
+        finally:
+            self._depth -= 1
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values ``node`` stands for once every alias is expanded
+    (aliases share node objects, so each node is counted once per reference)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = 1  # a (malformed) cycle counts once
+    size = 1
+    if isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, sizes) for child in node.value)
+    sizes[id(node)] = min(size, MAX_NODES + 1)
+    return sizes[id(node)]
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocDict:
-    loader.flatten_mapping(node)
+    own_keys = {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
+    loader.flatten_mapping(node)  # YAML merge keys (<<:) put the merged pairs first
     out = LocDict()
     out.loc = _mark(node, loader.file)
+    own: set[Any] = set()
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
-        if key in out:
+        if not isinstance(key, (str, int, float, bool)) and key is not None:
+            f, line, col = _mark(key_node, loader.file)
+            raise RecipeError([Problem("a mapping key must be a plain value, not a mapping or a list", f, line, col)])
+        if key in own and id(key_node) in own_keys:
             f, line, col = _mark(key_node, loader.file)
             raise RecipeError([Problem(f"duplicate key '{key}' (first at line {out.locs[key][1]})", f, line, col)])
-        out[key] = loader.construct_object(value_node, deep=True)
+        out[key] = loader.construct_object(value_node, deep=True)  # an own key overrides a merged one
         out.locs[key] = _mark(key_node, loader.file)
+        if id(key_node) in own_keys:
+            own.add(key)
     return out
 
 
@@ -70,18 +112,44 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _constr
 def load_located(path: str | Path) -> Any:
     path = Path(path)
     try:
+        if path.is_dir():
+            raise RecipeError([Problem(f"{path} is a directory, not a recipe file")])
+        if not path.is_file() and path.exists():
+            raise RecipeError([Problem(f"{path} is not a regular file")])
+        size = path.stat().st_size
+        if size > MAX_RECIPE_BYTES:
+            raise RecipeError([Problem(f"recipe file is {size:,} bytes; recipes are limited to 1 MiB", str(path))])
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RecipeError([Problem(f"recipe file not found: {path}")]) from None
     except UnicodeDecodeError as e:
         raise RecipeError([Problem(f"recipe is not valid UTF-8: {e}", str(path))]) from None
+    except OSError as e:
+        raise RecipeError([Problem(f"cannot read the recipe: {e.strerror or e}", str(path))]) from None
     return loads_located(text, str(path))
 
 
 def loads_located(text: str, file: str = "<string>") -> Any:
+    if len(text) > MAX_RECIPE_BYTES:
+        raise RecipeError([Problem(f"recipe text is {len(text):,} characters; recipes are limited to 1 MiB", file)])
     loader = type("_FileLoader", (_Loader,), {"file": file})(text)
     try:
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_NODES:
+            mark = node.start_mark
+            raise RecipeError(
+                [
+                    Problem(
+                        f"the recipe expands to more than {MAX_NODES:,} values (nested YAML aliases)",
+                        file,
+                        mark.line + 1,
+                        mark.column + 1,
+                    )
+                ]
+            )
+        return loader.construct_document(node)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         msg = e.problem or str(e)

@@ -20,10 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import Problem, RecipeError, closest
 from .located_yaml import LocDict, LocList, load_located, loads_located, locate, to_plain
+from .redaction import SECRET_NAME_RE, redact
 from .registry import PluginError, Registry, default_registry
 from .stage import Facts, Input, Params, PlanView, Stage, Upstream
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # fullmatch: names become directory names
+NAME_RULE = "must start with a letter or digit, use only letters, digits, '.', '_' and '-', and be at most 100 long"
+MAX_SEED = 2**32 - 1  # numpy's seeds stop there
+Location = tuple[str | None, int | None, int | None]  # file, line, column
 VAR_RE = re.compile(r"(?<!\$)\$\{([^}]*)\}")
 
 
@@ -46,11 +50,17 @@ class RecipeSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description="recipe name; names the run directory")
     description: str = ""
-    seed: int = Field(0, description="global seed, part of every stage's fingerprint")
+    seed: int = Field(0, ge=0, le=MAX_SEED, strict=True, description="global seed, part of every stage's fingerprint")
     extends: str | list[str] | None = Field(None, description="base recipe path(s), relative to this file")
     vars: dict[str, Any] = Field(default_factory=dict, description="values reused as ${vars.NAME}")
     defaults: dict[str, Any] = Field(
         default_factory=dict, description="parameters filled into every stage whose plugin has that field"
+    )
+    secrets: list[str] = Field(
+        default_factory=list,
+        description="environment variables whose values are secrets: wherever a ${env.NAME} of theirs is used, the "
+        "value is redacted (***) in the manifest, logs and `recipe show`; names containing KEY, TOKEN, SECRET, "
+        "PASSWORD or CREDENTIAL always are",
     )
     stages: list[StageSpec] = Field(min_length=1)
 
@@ -92,6 +102,7 @@ class Recipe:
     stages: list[ResolvedStage]
     file: Path
     merged: dict[str, Any] = field(default_factory=dict)  # after extends/--set/vars, plain
+    secrets: frozenset[str] = frozenset()  # values from secret environment variables: redacted on output
 
     def stage(self, name: str) -> ResolvedStage:
         for s in self.stages:
@@ -122,7 +133,13 @@ class Recipe:
                 entry["inputs"] = ins
             stages.append(entry)
         out["stages"] = stages
-        return out
+        redacted: dict[str, Any] = redact(out, self.secrets)
+        return redacted
+
+    def stage_params_json(self, stage: ResolvedStage) -> dict[str, Any]:
+        """A stage's parameters as written to disk: secrets redacted."""
+        params: dict[str, Any] = redact(stage.params_json(), self.secrets)
+        return params
 
 
 # ---------------------------------------------------------------- paths/vars
@@ -222,6 +239,10 @@ def merge_stages(base: list[Any], over: list[Any], problems: list[Problem]) -> L
                 )
             else:
                 pos = j + 1 if entry.get("after") else j
+        if anchor:  # placed: the keys did their job
+            entry = LocDict({k: v for k, v in entry.items() if k not in ("after", "before")})
+            entry.locs = {k: v for k, v in over[i].locs.items() if k not in ("after", "before")}
+            entry.loc = over[i].loc
         out.insert(pos, entry)
         out.locs.insert(pos, over_locs[i])
     return out
@@ -237,19 +258,28 @@ def load_merged(path: Path, problems: list[Problem], _seen: tuple[Path, ...] = (
     ext = data.get("extends")
     if not ext:
         return data
-    bases = [ext] if isinstance(ext, str) else list(ext)
     merged: Any = None
-    for b in bases:
-        bpath = path.parent / str(b)
-        if not bpath.exists():
-            loc = getattr(data, "locs", {}).get("extends", (str(path), None, None))
-            raise RecipeError(
-                [Problem(f"extends: base recipe not found: {bpath}", loc[0], loc[1], loc[2], field="extends")]
-            )
+    for bpath in _base_paths(ext, path, getattr(data, "locs", {}).get("extends", (str(path), None, None))):
         base = load_merged(bpath, problems, _seen + (path,))
         merged = base if merged is None else _merge_recipe(merged, base, problems)
     out = _merge_recipe(merged, data, problems)
     out.pop("extends", None)
+    return out
+
+
+def _base_paths(ext: Any, path: Path, loc: Location) -> list[Path]:
+    """The files ``extends:`` names (one path or a list of them, relative to the recipe)."""
+    names = [ext] if isinstance(ext, str) else ext
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise RecipeError([Problem("extends: must be a recipe path or a list of them", *loc, field="extends")])
+    out = []
+    for name in names:
+        bpath = path.parent / name
+        if not bpath.exists():
+            raise RecipeError([Problem(f"extends: base recipe not found: {bpath}", *loc, field="extends")])
+        if not bpath.is_file():
+            raise RecipeError([Problem(f"extends: {bpath} is not a recipe file", *loc, field="extends")])
+        out.append(bpath)
     return out
 
 
@@ -330,58 +360,88 @@ def apply_set(data: Any, assignment: str, problems: list[Problem]) -> None:
 # ---------------------------------------------------------------- ${...}
 
 
-def interpolate(
-    data: Any, scopes: dict[str, dict[str, Any]], problems: list[Problem], root: Any, path: tuple[Any, ...] = ()
-) -> Any:
-    if isinstance(data, dict):
-        for k in list(data):
-            data[k] = interpolate(data[k], scopes, problems, root, path + (k,))
-        return data
-    if isinstance(data, list):
-        for i in range(len(data)):
-            data[i] = interpolate(data[i], scopes, problems, root, path + (i,))
-        return data
-    if not isinstance(data, str) or "${" not in data:
-        return data
+class _Cycle(LookupError):
+    pass
 
-    def lookup(expr: str) -> Any:
+
+class _References:
+    """Resolves ``${vars.X}``, ``${paths.X}`` and ``${env.X}``: vars may use each
+    other (a cycle is an error, not a recursion), and every value taken from an
+    environment variable that holds a secret is remembered for redaction."""
+
+    def __init__(self, raw_vars: dict[str, Any], paths: dict[str, str], secret_env: set[str], root: Any):
+        self.raw_vars, self.paths, self.secret_env, self.root = raw_vars, paths, secret_env, root
+        self.vars: dict[str, Any] = {}
+        self.secrets: set[str] = set()
+        self._resolving: list[str] = []
+
+    def resolve_vars(self, problems: list[Problem]) -> None:
+        for name in self.raw_vars:
+            self._var(name, problems)
+
+    def _var(self, name: str, problems: list[Problem]) -> Any:
+        if name in self.vars:
+            return self.vars[name]
+        if name in self._resolving:
+            chain = " -> ".join(f"vars.{n}" for n in [*self._resolving[self._resolving.index(name) :], name])
+            raise _Cycle(f"'${{vars.{name}}}' refers to itself ({chain})")
+        self._resolving.append(name)
+        try:
+            value = self.substitute(self.raw_vars[name], problems, ("vars", name))
+        finally:
+            self._resolving.pop()
+        self.vars[name] = value
+        return value
+
+    def lookup(self, expr: str, problems: list[Problem]) -> Any:
         ns, _, key = expr.strip().partition(".")
-        if ns not in scopes or not key:
+        if ns not in ("vars", "paths", "env") or not key:
             raise LookupError(
                 f"unknown reference '${{{expr}}}': use ${{vars.NAME}}, ${{paths.NAME}} or ${{env.NAME}}",
-                closest(ns, scopes) if ns not in scopes else None,
+                closest(ns, ("vars", "paths", "env")) if ns not in ("vars", "paths", "env") else None,
             )
-        cur: Any = scopes[ns]
-        for part in key.split("."):
-            if isinstance(cur, dict) and part in cur:
-                cur = cur[part]
-            else:
-                options = list(cur) if isinstance(cur, dict) else []
-                raise LookupError(f"'${{{expr}}}' is not defined", closest(part, options))
+        head, *rest = key.split(".")
+        if ns == "env":
+            if head not in os.environ or rest:
+                raise LookupError(f"'${{{expr}}}' is not defined (no environment variable {key})", None)
+            value: Any = os.environ[head]
+            if SECRET_NAME_RE.search(head) or head in self.secret_env:
+                self.secrets.add(value)
+            return value
+        scope: dict[str, Any] = self.paths if ns == "paths" else self.raw_vars
+        if head not in scope:
+            raise LookupError(f"'${{{expr}}}' is not defined", closest(head, scope))
+        cur = self._var(head, problems) if ns == "vars" else scope[head]
+        for part in rest:
+            if not (isinstance(cur, dict) and part in cur):
+                raise LookupError(f"'${{{expr}}}' is not defined", closest(part, cur if isinstance(cur, dict) else []))
+            cur = cur[part]
         return cur
 
-    try:
-        m = VAR_RE.fullmatch(data)
-        if m:
-            value = lookup(m.group(1))
-            if isinstance(value, str) and "${" in value:
-                value = interpolate(value, scopes, problems, root, path)
-            return to_plain(value)
-        out = VAR_RE.sub(lambda mm: str(lookup(mm.group(1))), data)
-        return out.replace("$${", "${")
-    except LookupError as e:
-        loc = locate(root, path) or (None, None, None)
-        problems.append(
-            Problem(
-                e.args[0],
-                loc[0],
-                loc[1],
-                loc[2],
-                field=_dotted(path),
-                suggestion=e.args[1] if len(e.args) > 1 else None,
-            )
-        )
-        return data
+    def substitute(self, data: Any, problems: list[Problem], path: tuple[Any, ...]) -> Any:
+        if isinstance(data, dict):
+            for k in list(data):
+                data[k] = self.substitute(data[k], problems, path + (k,))
+            return data
+        if isinstance(data, list):
+            for i in range(len(data)):
+                data[i] = self.substitute(data[i], problems, path + (i,))
+            return data
+        if not isinstance(data, str) or "${" not in data:
+            return data
+        try:
+            m = VAR_RE.fullmatch(data)
+            if m:
+                return to_plain(self.lookup(m.group(1), problems))
+            out = VAR_RE.sub(lambda mm: str(self.lookup(mm.group(1), problems)), data)
+            return out.replace("$${", "${")
+        except LookupError as e:
+            if isinstance(e, _Cycle) and self._resolving and path[1:2] != (self._resolving[0],):
+                raise  # reported once, at the var where the chain started
+            loc = locate(self.root, path) or (None, None, None)
+            hint = e.args[1] if len(e.args) > 1 else None
+            problems.append(Problem(e.args[0], loc[0], loc[1], loc[2], field=_dotted(path), suggestion=hint))
+            return data
 
 
 def _dotted(path: tuple[Any, ...]) -> str:
@@ -485,48 +545,63 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, registry: 
     data = load_merged(path, problems)
     for assignment in overrides or []:
         apply_set(data, assignment, problems)
-    _interpolate_recipe(data, path, problems)
+    secrets = _interpolate_recipe(data, path, problems)
     if problems:
-        raise RecipeError(problems)
+        raise _redacted_error(problems, secrets)
 
     plain = to_plain(data)
     spec, stage_specs = _validate_specs(plain, data, problems)
     defaults = spec.defaults if spec else (plain.get("defaults") if isinstance(plain.get("defaults"), dict) else {})
     file_loc = (str(path), None, None)
     recipe_name = spec.name if spec else str(plain.get("name", ""))
-    if recipe_name and not NAME_RE.match(recipe_name):
+    if recipe_name and not NAME_RE.fullmatch(recipe_name):
         f, line, col = locate(data, ("name",)) or file_loc
-        problems.append(
-            Problem(
-                f"recipe name '{recipe_name}' may use only letters, digits, '.', '_' and '-'",
-                f,
-                line,
-                col,
-                field="name",
-            )
-        )
+        problems.append(Problem(f"recipe name {recipe_name[:120]!r} {NAME_RULE}", f, line, col, field="name"))
     resolved = _resolve_stages(stage_specs, defaults, registry, data, file_loc, problems)
     spec_inputs = {i: s.inputs for i, s in stage_specs}
     _bind_inputs(resolved, spec_inputs, data, file_loc, problems)
     if not problems:
         _check_across_stages(resolved, data, file_loc, problems)
     if problems:
-        raise RecipeError(problems)
+        raise _redacted_error(problems, secrets)
     assert spec is not None
-    return Recipe(spec.name, spec.description, spec.seed, dict(spec.vars), dict(defaults), resolved, path, plain)
+    return Recipe(
+        spec.name,
+        spec.description,
+        spec.seed,
+        dict(spec.vars),
+        dict(defaults),
+        resolved,
+        path,
+        plain,
+        frozenset(secrets),
+    )
 
 
-def _interpolate_recipe(data: LocDict, path: Path, problems: list[Problem]) -> None:
-    """``${...}``: vars first (they may use paths/env and each other), then the rest."""
-    scopes: dict[str, Any] = {"paths": builtin_paths(path), "env": dict(os.environ), "vars": {}}
-    raw_vars = data.get("vars") if isinstance(data.get("vars"), dict) else {}
-    scopes["vars"] = raw_vars
-    for _ in range(5):
-        interpolate(raw_vars, scopes, [], data, ("vars",))
-    interpolate(raw_vars, scopes, problems, data, ("vars",))
+def _redacted_error(problems: list[Problem], secrets: set[str]) -> RecipeError:
+    for p in problems:
+        p.message = redact(p.message, secrets)
+    return RecipeError(problems)
+
+
+def _interpolate_recipe(data: LocDict, path: Path, problems: list[Problem]) -> set[str]:
+    """``${...}``: vars first (they may use paths/env and each other), then the
+    rest; returns the secret values taken from the environment."""
+    raw_vars = data.get("vars")
+    secret_env = data.get("secrets")
+    refs = _References(
+        raw_vars if isinstance(raw_vars, dict) else {},
+        builtin_paths(path),
+        {str(n) for n in secret_env} if isinstance(secret_env, list) else set(),
+        data,
+    )
+    refs.resolve_vars(problems)
+    if isinstance(data.get("vars"), dict):
+        data["vars"].update(refs.vars)
     for k in list(data):
         if k != "vars":
-            data[k] = interpolate(data[k], scopes, problems, data, (k,))
+            data[k] = refs.substitute(data[k], problems, (k,))
+    return refs.secrets
 
 
 def _validate_specs(
@@ -544,15 +619,14 @@ def _validate_specs(
     raw_stages = plain.get("stages") if isinstance(plain.get("stages"), list) else []
     stage_specs: list[tuple[int, StageSpec]] = []
     for i, raw in enumerate(raw_stages or []):
+        if isinstance(raw, dict) and raw.get("remove") is True and "type" not in raw:
+            raw = {**raw, "type": ""}  # a removal names a base stage; _check_stage_name says there is none
         try:
             stage_specs.append((i, StageSpec.model_validate(raw)))
         except ValidationError as e:
             label = (raw.get("name") or raw.get("type")) if isinstance(raw, dict) else None
             problems.extend(_pydantic_problems(e, StageSpec, data, ("stages", i), label))
     return spec, stage_specs
-
-
-Location = tuple[str, "int | None", "int | None"]
 
 
 def _resolve_stages(
@@ -574,6 +648,18 @@ def _resolve_stages(
         seen[name] = i
         if s.remove:
             continue
+        if s.after or s.before:
+            problems.append(
+                Problem(
+                    f"{'after' if s.after else 'before'}: places a stage among a base recipe's stages, "
+                    "and this recipe has no extends:",
+                    f,
+                    line,
+                    col,
+                    stage=name,
+                    field=f"stages[{i}].{'after' if s.after else 'before'}",
+                )
+            )
         cls = _load_plugin(s.type, name, i, registry, data, (f, line, col), problems)
         if cls is None:
             continue
@@ -610,10 +696,10 @@ def _check_stage_name(
     name: str, i: int, seen: dict[str, int], remove: bool, loc: Location, problems: list[Problem]
 ) -> None:
     f, line, col = loc
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         problems.append(
             Problem(
-                f"stage name '{name}' may use only letters, digits, '.', '_' and '-'",
+                f"stage name {name[:120]!r} {NAME_RULE}",
                 f,
                 line,
                 col,

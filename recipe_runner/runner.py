@@ -20,6 +20,7 @@ from .artifacts import Artifact
 from .errors import RunError
 from .fingerprint import stage_fingerprints
 from .recipe import Recipe, ResolvedStage
+from .redaction import RedactSecrets
 from .stage import Lineage, Params, ProgressSink, Stage, StageContext, StageError, StageRef, UpstreamRecord
 from .store import RunStore
 
@@ -343,7 +344,8 @@ class Runner:
             except (Exception, KeyboardInterrupt, _Interrupted) as e:
                 seconds = time.perf_counter() - t
                 msg = _failure_message(e)
-                stage_log.error("stage failed: %s\n%s", msg, traceback.format_exc())
+                stage_log.error("stage failed: %s", msg)
+                stage_log.debug("%s", traceback.format_exc())
                 entry.update(
                     status="failed",
                     error=msg,
@@ -366,6 +368,8 @@ class Runner:
         stage_log = logging.getLogger(f"recipe_runner.stage.{name}")
         fh = logging.FileHandler(self.store.logs_dir / f"{name}.log")
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        if self.recipe.secrets:
+            fh.addFilter(RedactSecrets(self.recipe.secrets))
         stage_log.addHandler(fh)
         try:
             yield stage_log
@@ -392,7 +396,7 @@ class Runner:
             "metrics": _jsonable(metrics),
             "seconds": round(seconds, 3),
             "finished": _now(),
-            "params": s.params_json(),
+            "params": self.recipe.stage_params_json(s),
             "inputs": item.inputs,
             "resumed": resumed,
         }

@@ -159,22 +159,35 @@ class RunStore:
         return RunLock(self.root / ".lock", enabled=not self.rank)
 
     def lock_holder(self) -> dict[str, Any] | None:
-        """Who holds the lock now (None when nobody does)."""
-        path = self.root / ".lock"
-        if not path.exists():
+        """Who holds the run lock now (None when nobody does), read without
+        taking the lock, so `recipe status` never blocks a `recipe run`: a live
+        holder keeps its pid and host in the lock file and clears them on exit;
+        a killed one leaves them, so on this host the pid must still be alive."""
+        try:
+            text = (self.root / ".lock").read_text()
+        except OSError:
             return None
-        with open(path, "a+") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                fh.seek(0)
-                try:
-                    holder: dict[str, Any] = json.loads(fh.read() or "{}")
-                    return holder
-                except json.JSONDecodeError:
-                    return {}
-            fcntl.flock(fh, fcntl.LOCK_UN)
+        try:
+            holder: dict[str, Any] = json.loads(text) if text.strip() else {}
+        except json.JSONDecodeError:
             return None
+        if not holder:
+            return None
+        if holder.get("host") == socket.gethostname() and not _pid_alive(holder.get("pid")):
+            return None
+        return holder
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class RunLock:

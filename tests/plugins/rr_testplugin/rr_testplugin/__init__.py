@@ -1,6 +1,7 @@
 """Small, fast stages that exercise the engine: a resumable counter that
 checkpoints every step, a transform, and a reducer.  They use a custom
 artifact kind ("numbers": a JSON list in numbers.json)."""
+
 from __future__ import annotations
 
 import json
@@ -29,6 +30,10 @@ class Count(Stage):
     version = "1"
     Params = CountParams
     outputs = {"numbers": NUMBERS}
+
+    @classmethod
+    def output_facts(cls, params, inputs):
+        return {"numbers": {"length": params.n}}
 
     def run(self, ctx: StageContext):
         p: CountParams = ctx.params
@@ -67,6 +72,10 @@ class Multiply(Stage):
     inputs = {"numbers": Input(NUMBERS)}
     outputs = {"numbers": NUMBERS}
 
+    @classmethod
+    def output_facts(cls, params, inputs):
+        return {"numbers": inputs.get("numbers", {})}  # as many numbers as it was given
+
     def run(self, ctx: StageContext):
         nums = json.loads((ctx.input("numbers").path / "numbers.json").read_text())
         out = ctx.output_path("numbers")
@@ -75,7 +84,8 @@ class Multiply(Stage):
 
 
 class TotalParams(Params):
-    max_length: int | None = Field(None, description="fail validation if upstream count n is larger")
+    max_length: int | None = Field(None, description="fail validation if more numbers come in")
+    label: str = Field("", description="written into the report")
 
 
 class Total(Stage):
@@ -89,8 +99,9 @@ class Total(Stage):
     @classmethod
     def cross_check(cls, view: PlanView) -> list[str]:
         up = view.upstream.get("numbers")
-        if up and view.params.max_length is not None and up[1] == "count" and up[2].n > view.params.max_length:
-            return [f"upstream '{up[0]}' counts {up[2].n} numbers, more than max_length {view.params.max_length}"]
+        length = up.facts.get("length") if up else None
+        if length is not None and view.params.max_length is not None and length > view.params.max_length:
+            return [f"upstream '{up.stage}' counts {length} numbers, more than max_length {view.params.max_length}"]
         return []
 
     def run(self, ctx: StageContext):
@@ -99,6 +110,6 @@ class Total(Stage):
         if extra is not None:
             nums += json.loads((extra.path / "numbers.json").read_text())
         out = ctx.output_path("report")
-        (out / "report.json").write_text(json.dumps({"sum": sum(nums)}))
+        (out / "report.json").write_text(json.dumps({"sum": sum(nums), "label": ctx.params.label}))
         ctx.metrics["sum"] = sum(nums)
         ctx.metrics["upstream"] = [u.name for u in ctx.lineage.upstream] if ctx.lineage else []
