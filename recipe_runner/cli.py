@@ -31,12 +31,28 @@ SetOpt = typer.Option(None, "--set", help="override a value: KEY.PATH=VALUE (VAL
 WorkdirOpt = typer.Option(Path("runs"), "--workdir", help="where run directories live")
 
 
-def _load(recipe: str, overrides: list[str] | None) -> Recipe:
+TrustOpt = typer.Option(
+    False,
+    "--trust-code",
+    help="allow the recipe to run code it names (task directories with Python, trust_remote_code); "
+    "also RECIPE_TRUST_CODE=1",
+)
+
+
+def _trusted(flag: bool) -> bool:
+    import os
+
+    return flag or os.environ.get("RECIPE_TRUST_CODE", "").lower() in ("1", "true", "yes")
+
+
+def _load(recipe: str, overrides: list[str] | None, trust_code: bool = True) -> Recipe:
+    """The validated recipe, or exit 2 with its problems.  Only `run` and
+    `validate` check ``trust_code``: the other commands run nothing."""
     from .errors import RecipeError
     from .recipe import load_recipe
 
     try:
-        return load_recipe(_recipe_path(recipe), overrides or [])
+        return load_recipe(_recipe_path(recipe), overrides or [], trust_code=trust_code)
     except RecipeError as e:
         typer.echo(e.format(), err=True)
         raise typer.Exit(EXIT_INVALID) from None
@@ -66,7 +82,8 @@ def run(
         None, "--force", help="re-run this stage (and what depends on it) even if cached"
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, run nothing"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="show debug logs and stage tracebacks"),
+    trust_code: bool = TrustOpt,
 ) -> None:
     """Run a recipe's stages, reusing every cached stage and resuming interrupted ones."""
     from .console import progress_sink, redact_logs, setup_logging, stdout, summary_table
@@ -74,7 +91,7 @@ def run(
     from .runner import Runner, Selection
 
     setup_logging(verbose)
-    r = _load(recipe, set_)
+    r = _load(recipe, set_, _trusted(trust_code))
     redact_logs(r.secrets)
     sel = Selection(from_, until, list(only or []), list(force or []))
     runner = Runner(r, workdir, progress_sink=progress_sink(), on_event=_print_event)
@@ -142,9 +159,9 @@ def _print_plan(items: list[PlanItem], name: str) -> None:
 
 
 @app.command()
-def validate(recipe: str = RecipeArg, set_: list[str] | None = SetOpt) -> None:
+def validate(recipe: str = RecipeArg, set_: list[str] | None = SetOpt, trust_code: bool = TrustOpt) -> None:
     """Check a recipe (schema, every stage's parameters, inputs between stages) without running anything."""
-    r = _load(recipe, set_)
+    r = _load(recipe, set_, _trusted(trust_code))
     typer.echo(f"{r.file}: ok ({len(r.stages)} stages: {', '.join(s.name for s in r.stages)})")
 
 

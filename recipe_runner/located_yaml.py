@@ -38,6 +38,7 @@ class LocList(list[Any]):
         super().__init__(*args)
         self.locs: list[Loc | None] = [None] * len(self)
         self.loc: Loc | None = None
+        self.removed: dict[str, Loc | None] = {}  # stages: names an extends: merge dropped, and where
 
 
 def _mark(node: yaml.Node, file: str) -> Loc:

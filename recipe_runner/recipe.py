@@ -12,6 +12,7 @@ import os
 import re
 import sysconfig
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import Problem, RecipeError, closest
-from .located_yaml import LocDict, LocList, load_located, loads_located, locate, to_plain
+from .located_yaml import Loc, LocDict, LocList, load_located, loads_located, locate, to_plain
 from .redaction import SECRET_NAME_RE, redact
 from .registry import PluginError, Registry, default_registry
 from .stage import Facts, Input, Params, PlanView, Stage, Upstream
@@ -195,7 +196,7 @@ def merge_stages(base: list[Any], over: list[Any], problems: list[Problem]) -> L
     into it (or drops it, with ``remove: true``); a new one is appended, or
     placed by ``after:`` / ``before:``."""
     out = LocList(base)
-    out.locs = list(getattr(base, "locs", [None] * len(base)))
+    out.removed = removed = dict(getattr(base, "removed", {}))
     out.loc = getattr(base, "loc", None)
     over_locs = getattr(over, "locs", [None] * len(over))
     for i, entry in enumerate(over):
@@ -217,6 +218,7 @@ def merge_stages(base: list[Any], over: list[Any], problems: list[Problem]) -> L
             else:
                 del out[idx]
                 del out.locs[idx]
+                removed[str(key)] = over_locs[i]
             continue
         if idx is not None:
             out[idx] = deep_merge(out[idx], entry)
@@ -246,6 +248,38 @@ def merge_stages(base: list[Any], over: list[Any], problems: list[Problem]) -> L
         out.insert(pos, entry)
         out.locs.insert(pos, over_locs[i])
     return out
+
+
+def _check_removed_references(data: Any, problems: list[Problem]) -> set[str]:
+    """A stage removed through ``extends:`` that other stages still name under
+    ``inputs:``: one problem per removed stage, listing each dependent and the
+    fix.  Returns the removed names (their dangling references are not
+    reported again)."""
+    stages = data.get("stages") if isinstance(data, dict) else None
+    removed: dict[str, Loc | None] = getattr(stages, "removed", {})
+    for name, loc in removed.items():
+        users = [
+            (str(_stage_key(s)), slot)
+            for s in stages or []
+            if isinstance(s, dict) and isinstance(s.get("inputs"), dict)
+            for slot, ref in s["inputs"].items()
+            if isinstance(ref, str) and ref.partition(".")[0] == name
+        ]
+        if users:
+            listed = ", ".join(f"'{u}' (inputs.{slot})" for u, slot in users)
+            fix = "; ".join(f"{{name: {u}, inputs: {{{slot}: null}}}}" for u, slot in users)
+            f, line, col = loc or (None, None, None)
+            problems.append(
+                Problem(
+                    f"stage '{name}' is removed, but {listed} still name it; drop those inputs in this recipe too "
+                    f"(e.g. {fix}) or keep the stage",
+                    f,
+                    line,
+                    col,
+                    stage=name,
+                )
+            )
+    return set(removed)
 
 
 def load_merged(path: Path, problems: list[Problem], _seen: tuple[Path, ...] = ()) -> Any:
@@ -536,13 +570,17 @@ def _pydantic_problems(
 # ---------------------------------------------------------------- main entry
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None, registry: Registry | None = None) -> Recipe:
+def load_recipe(
+    path: str | Path, overrides: list[str] | None = None, registry: Registry | None = None, trust_code: bool = False
+) -> Recipe:
     """Load, merge, interpolate and validate a recipe; raise RecipeError with
-    every problem found."""
+    every problem found.  ``trust_code``: allow stages to run code the recipe
+    names (``recipe run --trust-code``)."""
     registry = registry or default_registry()
     path = Path(path)
     problems: list[Problem] = []
     data = load_merged(path, problems)
+    removed = _check_removed_references(data, problems)
     for assignment in overrides or []:
         apply_set(data, assignment, problems)
     secrets = _interpolate_recipe(data, path, problems)
@@ -559,7 +597,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, registry: 
         problems.append(Problem(f"recipe name {recipe_name[:120]!r} {NAME_RULE}", f, line, col, field="name"))
     resolved = _resolve_stages(stage_specs, defaults, registry, data, file_loc, problems)
     spec_inputs = {i: s.inputs for i, s in stage_specs}
-    _bind_inputs(resolved, spec_inputs, data, file_loc, problems)
+    _bind_inputs(resolved, spec_inputs, data, file_loc, problems, removed)
+    if not trust_code:
+        _refuse_code(resolved, data, file_loc, problems)
     if not problems:
         _check_across_stages(resolved, data, file_loc, problems)
     if problems:
@@ -762,9 +802,11 @@ def _bind_inputs(
     data: LocDict,
     file_loc: Location,
     problems: list[Problem],
+    removed: Collection[str] = (),
 ) -> None:
     """Each input slot: the stage the recipe names, or the latest upstream
-    producer of an accepted kind."""
+    producer of an accepted kind (a name removed by extends: is reported once,
+    by _check_removed_references)."""
     by_name = {r.name: r for r in resolved}
     for r in resolved:
         named = spec_inputs[r.index]
@@ -799,11 +841,37 @@ def _bind_inputs(
                     f"needs an input '{slot}' ({' or '.join(want.kinds)}) but no earlier stage produces one; "
                     f"add a stage that does, or name one under `inputs: {{{slot}: STAGE}}`"
                 )
+            if msg and slot in named and named[slot].partition(".")[0] in removed:
+                msg = None
             if msg:
                 problems.append(
                     Problem(msg, f, line, col, stage=r.name, field=f"stages[{r.index}].inputs.{slot}", suggestion=hint)
                 )
             r.bindings[slot] = b
+
+
+TRUST_HINT = "pass --trust-code (or set RECIPE_TRUST_CODE=1) if you trust it"
+
+
+def _refuse_code(resolved: list[ResolvedStage], data: LocDict, file_loc: Location, problems: list[Problem]) -> None:
+    """Nothing a recipe names runs as code unless the person running it says so."""
+    for r in resolved:
+        for fieldname, what in r.stage_cls.runs_code(r.params).items():
+            f, line, col = (
+                locate(data, ("stages", r.index, "params", *fieldname.split(".")))
+                or locate(data, ("defaults", fieldname.split(".")[0]))
+                or file_loc
+            )
+            problems.append(
+                Problem(
+                    f"{what}: this runs code named by the recipe; {TRUST_HINT}",
+                    f,
+                    line,
+                    col,
+                    stage=r.name,
+                    field=f"params.{fieldname}",
+                )
+            )
 
 
 def _check_across_stages(

@@ -231,6 +231,16 @@ class Stage(Generic[P]):
         return None
 
     @classmethod
+    def runs_code(cls, params: P) -> Mapping[str, str]:
+        """Parameters whose value makes this stage import or run code that the
+        recipe names (a task directory with Python, ``trust_remote_code``, a
+        plugin path...): ``{field: what runs}``.  The engine refuses such a
+        recipe unless the person running it passes ``--trust-code``.  Code
+        shipped inside installed packages is trusted as the package is: do not
+        list it."""
+        return {}
+
+    @classmethod
     def output_facts(cls, params: P, inputs: Mapping[str, Facts]) -> Mapping[str, Facts]:
         """Facts known at plan time about each output (output name -> facts),
         e.g. ``{"dataset": {SEQ_LENGTH: 1024}}``.  ``inputs`` holds the facts of

@@ -174,3 +174,61 @@ def test_hostile_recipe_is_refused_fast(recipe_cli, tmp_path: Path):
     with pytest.raises(RecipeError, match="expands to more than"):
         load_located(recipe)
     assert time.perf_counter() - t < 0.5
+
+
+def test_removing_a_stage_others_name_is_one_error_with_the_fix(recipe_cli, write, tmp_path):
+    write(
+        tmp_path / "base.yaml",
+        """
+        name: base
+        stages:
+          - {type: count, name: a, params: {n: 2}}
+          - {type: count, name: b, params: {n: 3}}
+          - {type: total, name: t1, inputs: {numbers: a, extra: b}}
+          - {type: total, name: t2, inputs: {numbers: a, extra: b.numbers}}
+        """,
+    )
+    child = write(
+        tmp_path / "child.yaml",
+        """
+        extends: base.yaml
+        name: child
+        stages:
+          - {name: b, remove: true}
+        """,
+    )
+    proc = recipe_cli("validate", str(child))
+    assert proc.returncode == 2 and proc.stderr.count("\n  ") == 1, proc.stderr
+    assert "stage 'b' is removed, but 't1' (inputs.extra), 't2' (inputs.extra) still name it" in proc.stderr
+    assert "child.yaml:4:5" in proc.stderr and "{name: t1, inputs: {extra: null}}" in proc.stderr
+    fixed = write(
+        tmp_path / "fixed.yaml",
+        """
+        extends: base.yaml
+        name: fixed
+        stages:
+          - {name: b, remove: true}
+          - {name: t1, inputs: {extra: null}}
+          - {name: t2, inputs: {extra: null}}
+        """,
+    )
+    proc = recipe_cli("validate", str(fixed))
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_code_named_by_a_recipe_runs_only_with_trust_code(recipe_cli, write, tmp_path):
+    marker = tmp_path / "hook-ran"
+    hook = write(tmp_path / "hook.py", f"open({str(marker)!r}, 'w').write('ran')\n")
+    write(tmp_path / "base.yaml", f"name: base\ndefaults: {{hook: {hook}}}\nstages:\n  - {{type: count}}\n")
+    child = write(tmp_path / "child.yaml", "extends: base.yaml\nname: child\n")  # set in a shared base
+    wd = tmp_path / "runs"
+    for command in (["validate", str(child)], ["run", str(child), "--workdir", str(wd)]):
+        proc = recipe_cli(*command)
+        assert proc.returncode == 2, proc.stderr
+        assert f"stage 'count': params.hook: runs the Python file {hook}" in proc.stderr
+        assert "--trust-code" in proc.stderr and "Traceback" not in proc.stderr
+    assert not marker.exists()
+    assert recipe_cli("validate", str(child), "--trust-code").returncode == 0
+    proc = recipe_cli("run", str(child), "--workdir", str(wd), env={"RECIPE_TRUST_CODE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert marker.read_text() == "ran"

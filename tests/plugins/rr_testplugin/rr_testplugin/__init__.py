@@ -21,6 +21,7 @@ class CountParams(Params):
     start: int = Field(0, description="first number")
     sleep: float = Field(0.0, ge=0, description="seconds per step")
     fail_at: int | None = Field(None, description="raise at this step (tests failures)")
+    hook: str | None = Field(None, description="a Python file run before counting (tests --trust-code)")
 
 
 class Count(Stage):
@@ -35,8 +36,16 @@ class Count(Stage):
     def output_facts(cls, params, inputs):
         return {"numbers": {"length": params.n}}
 
+    @classmethod
+    def runs_code(cls, params):
+        return {"hook": f"runs the Python file {params.hook}"} if params.hook else {}
+
     def run(self, ctx: StageContext):
         p: CountParams = ctx.params
+        if p.hook:
+            import runpy
+
+            runpy.run_path(p.hook)
         state_file = ctx.checkpoint_dir / "state.json"
         done: list[int] = json.loads(state_file.read_text()) if state_file.exists() else []
         if done:
