@@ -33,6 +33,7 @@ produce the same packed ids.
 datatrove's own LocalPipelineExecutor (JSONL in, JSONL out) against the
 filter stage running the same datatrove rules.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,6 +46,12 @@ import sysconfig
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+from recipe_runner_stages.data.course_reference import (  # the course's filters, verbatim
+    paragraph_length_filter,
+    paragraph_repetition_filter,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -68,10 +75,10 @@ def cpu_seconds() -> float:
 class Clock:
     """Wall and CPU seconds per named step."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.wall: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
-        self._name = None
+        self._name, self._w, self._c = "", 0.0, 0.0
 
     def start(self, name: str) -> None:
         self._name, self._w, self._c = name, time.perf_counter(), cpu_seconds()
@@ -133,19 +140,28 @@ def build_corpus(dest: Path, mb: float) -> dict:
 
 def train_bench_tokenizer(corpus: Path, out: Path, vocab: int) -> None:
     """A byte-level BPE tokenizer (setup, not timed)."""
-    sys.path.insert(0, str(ROOT / "tests"))
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     tok.train([str(DATA / "tinyshakespeare.txt")] + [str(p) for p in sorted(stdlib.glob("*.py"))[:60]], trainer)
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                            pad_token="<pad>", add_bos_token=True).save_pretrained(str(out))
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        add_bos_token=True,
+    ).save_pretrained(str(out))
 
 
 # ------------------------------------------------- the course's notebook way
@@ -158,17 +174,13 @@ def train_bench_tokenizer(corpus: Path, out: Path, vocab: int) -> None:
 # course used, num_proc=1 ran in-process, as it does here).
 
 
-from recipe_runner_stages.data.course_reference import (  # noqa: E402  the course's filters, verbatim
-    paragraph_length_filter, paragraph_repetition_filter)
-
-
 def deduplication(ds):
     def dedup_func(x):
         """Use this function to remove duplicate entries"""
-        if x['text'] in unique_text:
+        if x["text"] in unique_text:
             return False
         else:
-            unique_text.add(x['text'])
+            unique_text.add(x["text"])
             return True
 
     unique_text = set()
@@ -183,7 +195,7 @@ def english_language_filter(ds, model_path):
 
     def is_english(x):
         # Predict language of the text and probability
-        language, score = model.predict(x['text'].replace("\n", ""))
+        language, score = model.predict(x["text"].replace("\n", ""))
         language = language[0].split("__")[2]
         # the course's fasttext returned a numpy array here (score > 0.4 compared its one element);
         # fasttext-predict returns a tuple, hence score[0]
@@ -201,12 +213,13 @@ def notebook_way(corpus: Path, tok_dir: Path, seq_len: int, out: Path, lid_model
     datasets.disable_caching()
     t = Clock()
     t.start("load")
-    pretraining_dataset = datasets.load_dataset("json", data_files=str(corpus / "web.jsonl"), split="train",
-                                                cache_dir=str(out / "hf-cache"))
+    pretraining_dataset = datasets.load_dataset(
+        "json", data_files=str(corpus / "web.jsonl"), split="train", cache_dir=str(out / "hf-cache")
+    )
     pretraining_dataset = pretraining_dataset.select_columns(["text"])
     code_dataset = []
     for file in sorted(str(p) for p in (corpus / "code").rglob("*.py")):
-        code_dataset.append({'text': open(file, 'r').read()})
+        code_dataset.append({"text": open(file).read()})  # noqa: SIM115 - the course's code, verbatim
     code_dataset = datasets.Dataset.from_list(code_dataset)
     dataset = datasets.concatenate_datasets([pretraining_dataset, code_dataset])
     t.stop()
@@ -226,7 +239,7 @@ def notebook_way(corpus: Path, tok_dir: Path, seq_len: int, out: Path, lid_model
     kept_texts = dataset["text"]
 
     t.start("tokenize")
-    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), use_fast=False)
+    tokenizer: Any = AutoTokenizer.from_pretrained(str(tok_dir), use_fast=False)
 
     def tokenization(example):
         # Tokenize
@@ -263,16 +276,14 @@ def notebook_way(corpus: Path, tok_dir: Path, seq_len: int, out: Path, lid_model
 
 
 def stages_way(corpus: Path, tok_dir: Path, seq_len: int, out: Path, num_proc: str | int) -> tuple[Clock, dict, dict]:
-    import numpy as np
     from datasets import load_from_disk
 
-    from recipe_runner.artifacts import Artifact
     from recipe_runner.testing import run_stage
-    from recipe_runner_stages.data.dedup import DedupStage
-    from recipe_runner_stages.data.filter import FilterStage
-    from recipe_runner_stages.data.pack import PackStage
-    from recipe_runner_stages.data.source import SourceStage
-    from recipe_runner_stages.data.tokenize import TokenizeStage
+    from recipe_runner_stages.data.dedup.stage import DedupStage
+    from recipe_runner_stages.data.filter.stage import FilterStage
+    from recipe_runner_stages.data.pack.stage import PackStage
+    from recipe_runner_stages.data.source.stage import SourceStage
+    from recipe_runner_stages.data.tokenize.stage import TokenizeStage
 
     t = Clock()
     metrics: dict[str, dict] = {}
@@ -284,19 +295,39 @@ def stages_way(corpus: Path, tok_dir: Path, seq_len: int, out: Path, num_proc: s
         metrics[name] = r.metrics
         return r.outputs
 
-    src = step("load", SourceStage, {"sources": [
-        {"path": str(corpus / "web.jsonl")},
-        {"path": str(corpus / "code"), "glob": "**/*.py"},
-    ]})
-    f1 = step("course_filters", FilterStage, {"num_proc": num_proc, "filters": [
-        {"type": "paragraph_length"}, {"type": "paragraph_repetition"}]}, {"dataset": src["dataset"]})
+    src = step(
+        "load",
+        SourceStage,
+        {
+            "sources": [
+                {"path": str(corpus / "web.jsonl")},
+                {"path": str(corpus / "code"), "glob": "**/*.py"},
+            ]
+        },
+    )
+    f1 = step(
+        "course_filters",
+        FilterStage,
+        {"num_proc": num_proc, "filters": [{"type": "paragraph_length"}, {"type": "paragraph_repetition"}]},
+        {"dataset": src["dataset"]},
+    )
     dd = step("dedup", DedupStage, {"normalize": "none", "num_proc": num_proc}, {"dataset": f1["dataset"]})
-    f2 = step("language", FilterStage, {"num_proc": num_proc, "filters": [
-        {"type": "language", "languages": ["en"], "min_score": 0.4, "join_lines_with": ""}]},
-        {"dataset": dd["dataset"]})
+    f2 = step(
+        "language",
+        FilterStage,
+        {
+            "num_proc": num_proc,
+            "filters": [{"type": "language", "languages": ["en"], "min_score": 0.4, "join_lines_with": ""}],
+        },
+        {"dataset": dd["dataset"]},
+    )
     tk = step("tokenize", TokenizeStage, {"tokenizer": str(tok_dir)}, {"dataset": f2["dataset"]})
-    pk = step("pack", PackStage, {"mode": "concat", "max_seq_length": seq_len, "export_parquet": True},
-              {"dataset": tk["dataset"]})
+    pk = step(
+        "pack",
+        PackStage,
+        {"mode": "concat", "max_seq_length": seq_len, "export_parquet": True},
+        {"dataset": tk["dataset"]},
+    )
     kept = load_from_disk(str(f2["dataset"].path))["train"]["text"]
     table = load_from_disk(str(pk["dataset"].path))["train"].with_format("arrow")[:]
     packed = table.column("input_ids").combine_chunks().flatten().to_numpy().reshape(len(table), -1)
@@ -313,6 +344,7 @@ def _dt_reader(src: str):
         with open(f"{src}/part{rank}.jsonl") as f:
             for i, line in enumerate(f):
                 yield Document(text=json.loads(line)["text"], id=f"{rank}/{i}")
+
     return read
 
 
@@ -324,6 +356,7 @@ def _dt_counter(dest: str):
         Path(f"{dest}/kept{rank}.txt").write_text(str(n))
         return
         yield
+
     return count
 
 
@@ -333,9 +366,9 @@ def datatrove_way(corpus: Path, out: Path, tasks: int) -> tuple[float, int]:
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter
 
-    from recipe_runner_stages.data.filters import _SimpleWordTokenizerFactory
+    from recipe_runner_stages.data.filter.datatrove_rules import word_tokenizer
 
-    wt = _SimpleWordTokenizerFactory.get()
+    wt = word_tokenizer("simple")
     src = out / "dt-in"
     dest = out / "dt-out"
     src.mkdir(parents=True, exist_ok=True)
@@ -343,16 +376,22 @@ def datatrove_way(corpus: Path, out: Path, tasks: int) -> tuple[float, int]:
     lines = (corpus / "web.jsonl").read_text().splitlines()
     per = -(-len(lines) // tasks)
     for i in range(tasks):
-        (src / f"part{i}.jsonl").write_text("\n".join(lines[i * per: (i + 1) * per]) + "\n")
+        (src / f"part{i}.jsonl").write_text("\n".join(lines[i * per : (i + 1) * per]) + "\n")
     from loguru import logger
 
     logger.remove()  # datatrove's per-task stats banners
     logger.add(sys.stderr, level="WARNING")
     s = time.perf_counter()
     LocalPipelineExecutor(
-        pipeline=[_dt_reader(str(src)), GopherQualityFilter(language=wt), GopherRepetitionFilter(language=wt),
-                  _dt_counter(str(dest))],
-        tasks=tasks, workers=tasks, logging_dir=str(out / "dt-logs"),
+        pipeline=[
+            _dt_reader(str(src)),
+            GopherQualityFilter(language=wt),
+            GopherRepetitionFilter(language=wt),
+            _dt_counter(str(dest)),
+        ],
+        tasks=tasks,
+        workers=tasks,
+        logging_dir=str(out / "dt-logs"),
     ).run()
     elapsed = time.perf_counter() - s
     kept = sum(int(p.read_text()) for p in dest.glob("kept*.txt"))
@@ -361,14 +400,17 @@ def datatrove_way(corpus: Path, out: Path, tasks: int) -> tuple[float, int]:
 
 def datatrove_vs_stage(corpus: Path, out: Path, num_proc: str | int, tasks: int) -> dict:
     from recipe_runner.testing import run_stage
-    from recipe_runner_stages.data.filter import FilterStage
-    from recipe_runner_stages.data.source import SourceStage
+    from recipe_runner_stages.data.filter.stage import FilterStage
+    from recipe_runner_stages.data.source.stage import SourceStage
 
     src = run_stage(SourceStage, {"sources": [{"path": str(corpus / "web.jsonl")}]}, workdir=out / "dt-src")
     s = time.perf_counter()
-    r = run_stage(FilterStage, {"num_proc": num_proc, "filters": [{"type": "gopher_quality"},
-                                                                  {"type": "gopher_repetition"}]},
-                  inputs={"dataset": src.outputs["dataset"]}, workdir=out / "dt-stage")
+    r = run_stage(
+        FilterStage,
+        {"num_proc": num_proc, "filters": [{"type": "gopher_quality"}, {"type": "gopher_repetition"}]},
+        inputs={"dataset": src.outputs["dataset"]},
+        workdir=out / "dt-stage",
+    )
     ours = time.perf_counter() - s
     dt, dt_kept = datatrove_way(corpus, out, tasks)
     assert dt_kept == r.metrics["documents_out"], (dt_kept, r.metrics["documents_out"])
@@ -380,12 +422,18 @@ def datatrove_vs_stage(corpus: Path, out: Path, num_proc: str | int, tasks: int)
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mb", type=float, default=8.0, help="corpus size in MB (default 8: a quick check; the reference run uses 50)")
+    ap.add_argument(
+        "--mb", type=float, default=8.0, help="corpus size in MB (default 8: a quick check; the reference run uses 50)"
+    )
     ap.add_argument("--seq-len", type=int, default=128, help="packed row length")
     ap.add_argument("--vocab", type=int, default=8192, help="vocabulary of the bench tokenizer")
     ap.add_argument("--num-proc", default="auto", help="num_proc for the stages ('auto' or an integer)")
-    ap.add_argument("--workdir", default=None, help="where to build the corpus and outputs (default: a temp dir, removed)")
-    ap.add_argument("--datatrove", action="store_true", help="also compare with datatrove's executor on the Gopher rules")
+    ap.add_argument(
+        "--workdir", default=None, help="where to build the corpus and outputs (default: a temp dir, removed)"
+    )
+    ap.add_argument(
+        "--datatrove", action="store_true", help="also compare with datatrove's executor on the Gopher rules"
+    )
     ap.add_argument("--json", default=None, help="write the timings here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -398,11 +446,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         corpus = work / "corpus"
         info = build_corpus(corpus, args.mb)
-        print(f"corpus: {info['web_docs']} web documents ({info['web_mb']:.1f} MB) + {info['code_docs']} "
-              f"python files ({info['code_mb']:.1f} MB); {os.cpu_count()} CPUs", flush=True)
+        print(
+            f"corpus: {info['web_docs']} web documents ({info['web_mb']:.1f} MB) + {info['code_docs']} "
+            f"python files ({info['code_mb']:.1f} MB); {os.cpu_count()} CPUs",
+            flush=True,
+        )
         tok_dir = work / "tokenizer"
         train_bench_tokenizer(corpus, tok_dir, args.vocab)
-        from recipe_runner_stages.data.filters import shipped_langid_model
+        from recipe_runner_stages.data.filter.language import shipped_langid_model
 
         lid = shipped_langid_model()
 
@@ -414,42 +465,67 @@ def main(argv: list[str] | None = None) -> int:
         # identical results where the logic is the same
         assert list(nb["texts"]) == list(st["texts"]), "the stages kept other documents than the notebook"
         assert nb["num_tokens"] == st["num_tokens"], (nb["num_tokens"], st["num_tokens"])
-        assert nb["packed"].shape == st["packed"].shape and (nb["packed"] == st["packed"]).all(), \
-            "packed ids differ"
+        assert nb["packed"].shape == st["packed"].shape and (nb["packed"] == st["packed"]).all(), "packed ids differ"
 
-        steps = [("load", "load", "load"),
-                 ("course filters", ["paragraph_length", "paragraph_repetition"], "course_filters"),
-                 ("exact dedup", "dedup", "dedup"),
-                 ("language ID", "language", "language"),
-                 ("tokenize", "tokenize", "tokenize"),
-                 ("pack", "pack", "pack")]
-        rows = []
-        for label, nb_key, st_key in steps:
-            keys = nb_key if isinstance(nb_key, list) else [nb_key]
-            rows.append((label, sum(nb_t.wall[k] for k in keys), st_t.wall[st_key],
-                         sum(nb_t.cpu[k] for k in keys), st_t.cpu[st_key]))
-        tot = [sum(r[i] for r in rows) for i in range(1, 5)]
-        print(f"\n{'step':<16}{'notebook s':>12}{'stages s':>10}{'speed-up':>10}"
-              f"{'notebook cpu-s':>16}{'stages cpu-s':>14}")
-        for label, a, b, ca, cb in rows + [("end to end", *tot)]:
+        steps = [
+            ("load", ["load"], "load"),
+            ("course filters", ["paragraph_length", "paragraph_repetition"], "course_filters"),
+            ("exact dedup", ["dedup"], "dedup"),
+            ("language ID", ["language"], "language"),
+            ("tokenize", ["tokenize"], "tokenize"),
+            ("pack", ["pack"], "pack"),
+        ]
+        rows: list[tuple[str, float, float, float, float]] = []
+        for label, keys, st_key in steps:
+            rows.append(
+                (
+                    label,
+                    sum(nb_t.wall[k] for k in keys),
+                    st_t.wall[st_key],
+                    sum(nb_t.cpu[k] for k in keys),
+                    st_t.cpu[st_key],
+                )
+            )
+        tot = (sum(r[1] for r in rows), sum(r[2] for r in rows), sum(r[3] for r in rows), sum(r[4] for r in rows))
+        print(
+            f"\n{'step':<16}{'notebook s':>12}{'stages s':>10}{'speed-up':>10}"
+            f"{'notebook cpu-s':>16}{'stages cpu-s':>14}"
+        )
+        for label, a, b, ca, cb in [*rows, ("end to end", *tot)]:
             print(f"{label:<16}{a:>12.2f}{b:>10.2f}{a / b:>9.1f}x{ca:>16.2f}{cb:>14.2f}")
         load = os.getloadavg()
-        print(f"\nsame {len(st['texts'])} documents kept, same {st['packed'].shape[0]} packed rows of "
-              f"{args.seq_len} ids ({st['num_tokens']} tokens): identical.  Load average at the end: "
-              f"{load[0]:.1f} on {os.cpu_count()} CPUs (other work on the machine slows both ways).")
-        result = {"mb": args.mb, "corpus": info, "cpus": os.cpu_count(), "loadavg": load,
-                  "steps": {label: {"notebook_s": a, "stages_s": b, "speedup": a / b,
-                                    "notebook_cpu_s": ca, "stages_cpu_s": cb}
-                            for label, a, b, ca, cb in rows},
-                  "end_to_end": {"notebook_s": tot[0], "stages_s": tot[1], "speedup": tot[0] / tot[1],
-                                 "notebook_cpu_s": tot[2], "stages_cpu_s": tot[3]},
-                  "documents_kept": len(st["texts"]), "packed_rows": int(st["packed"].shape[0]),
-                  "num_tokens": st["num_tokens"]}
+        print(
+            f"\nsame {len(st['texts'])} documents kept, same {st['packed'].shape[0]} packed rows of "
+            f"{args.seq_len} ids ({st['num_tokens']} tokens): identical.  Load average at the end: "
+            f"{load[0]:.1f} on {os.cpu_count()} CPUs (other work on the machine slows both ways)."
+        )
+        result = {
+            "mb": args.mb,
+            "corpus": info,
+            "cpus": os.cpu_count(),
+            "loadavg": load,
+            "steps": {
+                label: {"notebook_s": a, "stages_s": b, "speedup": a / b, "notebook_cpu_s": ca, "stages_cpu_s": cb}
+                for label, a, b, ca, cb in rows
+            },
+            "end_to_end": {
+                "notebook_s": tot[0],
+                "stages_s": tot[1],
+                "speedup": tot[0] / tot[1],
+                "notebook_cpu_s": tot[2],
+                "stages_cpu_s": tot[3],
+            },
+            "documents_kept": len(st["texts"]),
+            "packed_rows": int(st["packed"].shape[0]),
+            "num_tokens": st["num_tokens"],
+        }
         if args.datatrove:
             print("\ndatatrove's executor vs the filter stage (Gopher quality + repetition, web part) ...", flush=True)
             dt = datatrove_vs_stage(corpus, work / "dt", num_proc, tasks=max(1, min(os.cpu_count() or 1, 8)))
-            print(f"datatrove {dt['datatrove_s']:.2f}s, filter stage {dt['stage_s']:.2f}s "
-                  f"({dt['ratio']:.1f}x), same {dt['kept']} documents kept")
+            print(
+                f"datatrove {dt['datatrove_s']:.2f}s, filter stage {dt['stage_s']:.2f}s "
+                f"({dt['ratio']:.1f}x), same {dt['kept']} documents kept"
+            )
             result["datatrove"] = dt
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2))

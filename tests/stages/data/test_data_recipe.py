@@ -1,4 +1,5 @@
 """The bundled data recipe, end to end through the CLI (offline)."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,13 @@ RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "clean_and_pack.yaml"
 
 def _run(workdir: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run([sys.executable, "-m", "recipe_runner.cli", "run", str(RECIPE), "--workdir", str(workdir)],
-                          env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "recipe_runner.cli", "run", str(RECIPE), "--workdir", str(workdir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.slow
@@ -32,6 +38,7 @@ def test_clean_and_pack_runs_end_to_end_and_then_is_cached(tmp_path):
     assert m["filter"]["removed.paragraph_length"] > 0 and m["filter"]["documents_out"] > 1000
     assert m["source"]["documents.python"] == 120
     assert m["tokenize"]["vocab_size"] == 4096
+
     def artifact(stage: str, output: str) -> Path:
         a = stages[stage]["artifact"]
         return Path(a[output] if isinstance(a, dict) else a)

@@ -10,7 +10,9 @@ import time
 
 from pydantic import Field
 
-from recipe_runner import Artifact, Input, Params, PlanView, Stage, StageContext, StageError
+from pathlib import Path
+
+from recipe_runner import Artifact, Input, Params, PlanView, Stage, StageContext, StageError, run_setting
 
 NUMBERS = "numbers"
 REPORT = "report"
@@ -19,7 +21,8 @@ REPORT = "report"
 class CountParams(Params):
     n: int = Field(5, ge=0, description="how many numbers")
     start: int = Field(0, description="first number")
-    sleep: float = Field(0.0, ge=0, description="seconds per step")
+    sleep: float = run_setting(0.0, ge=0, description="seconds per step (changes how long, not what)")
+    from_file: str | None = Field(None, description="a JSON list of numbers to add to each counted number")
     fail_at: int | None = Field(None, description="raise at this step (tests failures)")
     hook: str | None = Field(None, description="a Python file run before counting (tests --trust-code)")
 
@@ -35,6 +38,10 @@ class Count(Stage):
     @classmethod
     def output_facts(cls, params, inputs):
         return {"numbers": {"length": params.n}}
+
+    @classmethod
+    def local_inputs(cls, params):
+        return {"from_file": Path(params.from_file)} if params.from_file else {}
 
     @classmethod
     def runs_code(cls, params):
@@ -57,7 +64,7 @@ class Count(Stage):
                 if p.fail_at is not None and i == p.fail_at:
                     raise StageError(f"planned failure at step {i}")
                 time.sleep(p.sleep)
-                done.append(p.start + i)
+                done.append(p.start + i + (sum(json.loads(Path(p.from_file).read_text())) if p.from_file else 0))
                 tmp = state_file.with_suffix(f".{os.getpid()}.tmp")  # ranks of a multi-process launch share it
                 tmp.write_text(json.dumps(done))
                 os.replace(tmp, state_file)

@@ -1,0 +1,159 @@
+"""The options of one source of the ``source`` stage: local files
+(:class:`FilesSource`) or a hub dataset (:class:`HubSource`), picked by
+``type`` (or by the key 'path' / 'dataset')."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+
+
+class SourceOptions(BaseModel):
+    """What every source has: its label, text column, size cap, share of the mix and kept columns."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(
+        None,
+        description="Label stored in the 'source' column and used in metrics (default: from the path or dataset name).",
+    )
+    text_column: str = Field(
+        "text", description="Column holding the text in JSON/Parquet/CSV/hub data; it is renamed to 'text'."
+    )
+    max_chars: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Skip (and count in the metric 'skipped_long_documents') documents longer than this many characters."
+        ),
+    )
+    count: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Take exactly this many documents from this source (a seeded sample without replacement; "
+            "a count above the number available repeats the source: whole passes plus a seeded sample)."
+        ),
+    )
+    weight: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Mixing weight: the source's share of the stage's 'total' documents. Either every source has a "
+            "weight or none has; weights and counts are not mixed."
+        ),
+    )
+    keep_columns: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Columns of JSON/Parquet/CSV/hub data kept next to 'text' and 'source' with their types (e.g. "
+            "['url', 'id']); later stages carry them along. Where sources are mixed, a source without one "
+            "of the kept columns gets nulls."
+        ),
+    )
+
+    @field_validator("keep_columns")
+    @classmethod
+    def _check_keep(cls, v: list[str]) -> list[str]:
+        reserved = {"text", "source"} & set(v)
+        if reserved:
+            raise ValueError(
+                f"{sorted(reserved)} cannot be kept: 'text' and 'source' are the stage's own columns "
+                "(the text column is chosen with 'text_column')"
+            )
+        if len(set(v)) != len(v):
+            raise ValueError("keep_columns lists a column twice")
+        return v
+
+
+class FilesSource(SourceOptions):
+    """Local files: one document per file (e.g. source code) or several per file."""
+
+    type: Literal["files"] = Field("files", description="'files' (the default when 'path' is given).")
+    path: str | list[str] = Field(
+        ...,
+        description=(
+            "A file, a directory (combined with 'glob') or a glob pattern (e.g. 'data/**/*.jsonl'); "
+            "or a list of them. Matches are read in sorted order."
+        ),
+    )
+    glob: str | None = Field(
+        None, description="Pattern applied inside each directory in 'path', e.g. '**/*.py' (default: every file)."
+    )
+    exclude: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Glob patterns (matched against the path relative to its directory and the full path) of files to "
+            "leave out, e.g. ['test/**', 'site-packages/**']."
+        ),
+    )
+    format: Literal["auto", "text", "json", "parquet", "csv"] = Field(
+        "auto",
+        description=(
+            "How to read the files. 'auto' goes by the extension (a trailing '.gz' is looked through): "
+            ".jsonl/.json/.ndjson -> json, .parquet -> parquet, .csv/.tsv -> csv, anything else -> text "
+            "(plain text and source code)."
+        ),
+    )
+    split_by: Literal["file", "blank_lines", "lines", "separator", "regex"] = Field(
+        "file",
+        description=(
+            "How text files are cut into documents: 'file' (the whole file is one document, as for "
+            "source code), 'blank_lines' (paragraphs), 'lines', 'separator' (a literal string) or "
+            "'regex' (a regular expression), both given in 'separator'. Pieces are stripped of "
+            "surrounding blank lines and whitespace-only pieces are dropped."
+        ),
+    )
+    separator: str | None = Field(
+        None, description="The literal separator or the regular expression for split_by 'separator'/'regex'."
+    )
+    encoding: str = Field("utf-8", description="Text encoding of text files.")
+    on_decode_error: Literal["skip", "error", "replace"] = Field(
+        "skip",
+        description=(
+            "A text file that does not decode (or a corrupt .gz): 'skip' it (logged, counted in the "
+            "metric 'skipped_undecodable_files'), stop with an 'error' naming the file, or 'replace' "
+            "the bad bytes with U+FFFD."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> FilesSource:
+        if self.split_by in ("separator", "regex") and not self.separator:
+            raise ValueError(f"split_by {self.split_by!r} needs 'separator'")
+        if self.split_by == "regex":
+            try:
+                re.compile(self.separator or "")
+            except re.error as e:
+                raise ValueError(f"invalid regular expression in 'separator': {e}") from e
+        return self
+
+    def paths(self) -> list[str]:
+        return [self.path] if isinstance(self.path, str) else list(self.path)
+
+
+class HubSource(SourceOptions):
+    """A dataset on the Hugging Face hub (needs network access or a local cache)."""
+
+    type: Literal["hub"] = Field("hub", description="'hub' (the default when 'dataset' is given).")
+    dataset: str = Field(..., description="Hub dataset name, e.g. 'upstage/Pretraining_Dataset'.")
+    subset: str | None = Field(None, description="Configuration (subset) name.")
+    split: str = Field("train", description="Split to read.")
+    revision: str | None = Field(None, description="Git revision (branch, tag or commit) of the dataset repo.")
+    streaming: bool = Field(False, description="Stream instead of downloading the whole split (use with 'take').")
+    take: int | None = Field(None, ge=1, description="Read only the first N rows.")
+
+
+def source_kind(v: Any) -> str:
+    """The tag of a source mapping: its 'type', else 'hub' when it names a 'dataset', else 'files'."""
+    if isinstance(v, dict):
+        return v.get("type") or ("hub" if "dataset" in v else "files")
+    return getattr(v, "type", "files")
+
+
+SourceSpec = Annotated[
+    Annotated[FilesSource, Tag("files")] | Annotated[HubSource, Tag("hub")],
+    Discriminator(source_kind),
+]

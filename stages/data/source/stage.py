@@ -1,0 +1,275 @@
+"""``source``: read documents from local files or the Hugging Face hub, mix
+several sources by counts or weights, and split off a seeded validation set.
+
+Output: a ``dataset`` artifact (DatasetDict with "train" and, when asked,
+"validation"; columns "text", "source" and any ``keep_columns``).  Each
+source (for files: each 500 files) is a checkpoint shard.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from recipe_runner import DATASET, Artifact, Params, Stage, StageContext, StageError
+
+from ..arrow_io import kept_rows, load_arrow, save_dataset_dict, save_streamed
+from ..metrics import order_metrics
+from ..progress_bars import with_quiet_datasets
+from ..shard_store import ShardStore
+from .files import default_name, file_format, match_files
+from .hub import read_hub
+from .mixing import align_columns, plan_counts, sample_indices, split_indices
+from .specs import FilesSource, HubSource, SourceSpec
+from .structured import read_structured
+from .text_files import read_text_files
+from .writer import COUNTERS, DocumentWriter, new_counts
+
+FILES_PER_SHARD = 500
+
+
+class SourceParams(Params):
+    sources: list[SourceSpec] = Field(
+        ...,
+        min_length=1,
+        description=(
+            "The sources to read, each a mapping with 'type' 'files' (key 'path') or 'hub' (key 'dataset') "
+            "and the options listed under FilesSource / HubSource."
+        ),
+    )
+    total: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Documents in the mix when the sources have weights (default: as many as the data allows "
+            "without repeating any source)."
+        ),
+    )
+    shuffle: bool = Field(
+        False, description="Shuffle the mixed documents (seeded); otherwise they keep the sources' order."
+    )
+    validation: float | int | None = Field(
+        None,
+        description=(
+            "Size of a validation split drawn at random (seeded) from the mix: a fraction in (0, 1) or a "
+            "number of documents. None: train only."
+        ),
+    )
+    seed: int | None = Field(
+        None, description="Seed for sampling, shuffling and the split (default: the recipe's seed)."
+    )
+
+    @field_validator("validation")
+    @classmethod
+    def _check_validation(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        if isinstance(v, float) and not v.is_integer():
+            if not 0 < v < 1:
+                raise ValueError("a validation fraction must be between 0 and 1; a count must be a whole number")
+            return v
+        if int(v) < 1:
+            raise ValueError("validation must be a fraction in (0, 1) or a count >= 1")
+        return int(v)
+
+    @model_validator(mode="after")
+    def _check_mix(self) -> SourceParams:
+        weights = [s.weight is not None for s in self.sources]
+        if any(weights):
+            if not all(weights):
+                raise ValueError("either every source has a 'weight' or none has")
+            if any(s.count is not None for s in self.sources):
+                raise ValueError("sources with weights cannot also have a 'count'")
+        elif self.total is not None:
+            raise ValueError("'total' applies to weighted sources; give each source a 'weight' (or use 'count')")
+        return self
+
+
+@dataclass
+class _Read:
+    """What reading the sources gave: a Dataset per source, the summed counters, the skipped files."""
+
+    datasets: list[Any]
+    counts: dict[str, int] = field(default_factory=new_counts)
+    skipped_files: list[str] = field(default_factory=list)
+
+
+class SourceStage(Stage[SourceParams]):
+    name = "source"
+    version = "1"
+    description = (
+        "Read documents from local files (text, source code, JSON Lines, JSON, Parquet, CSV, each optionally "
+        "gzipped) or the Hugging Face hub; mix sources by counts or weights; split off a seeded validation set."
+    )
+    Params = SourceParams
+    outputs = {"dataset": DATASET}
+
+    @classmethod
+    def fingerprint_extra(cls, params: SourceParams) -> Any:
+        """(path, size, mtime_ns) of every matched local file: editing a data
+        file invalidates the cached output.  Stat calls only."""
+        return [_file_stats(spec) if isinstance(spec, FilesSource) else None for spec in params.sources]
+
+    @with_quiet_datasets
+    def run(self, ctx: StageContext[SourceParams]) -> dict[str, Artifact]:
+        import numpy as np
+
+        p = ctx.params
+        seed = ctx.seed if p.seed is None else p.seed
+        names = _source_names(p.sources)
+        key = {
+            "stage": "source",
+            "v": self.version,
+            "params": p.model_dump(mode="json"),
+            "files": self.fingerprint_extra(p),
+        }
+        store = ShardStore(ctx.checkpoint_dir / "source-shards", key, ctx.log)
+        read = _read_sources(ctx, names, store)
+        per_source = align_columns(read.datasets, names)
+        avail = [len(d) for d in per_source]
+        for name, n in zip(names, avail, strict=True):
+            if n == 0:
+                raise StageError(f"source {name!r} yielded no documents (see the skipped-file counts in the log)")
+        counts = plan_counts(avail, p.sources, p.total)
+        rng = np.random.default_rng(seed)
+        mixed = _mix(per_source, names, counts, rng, ctx.log)
+        if p.shuffle:
+            mixed = mixed.shuffle(seed=seed)
+        out = ctx.output_path("dataset")
+        splits = _save_splits(mixed, p.validation, rng, out)
+        m = ctx.metrics
+        m.update(read.counts)
+        for name, n, k in zip(names, avail, counts, strict=True):
+            m[f"documents.{name}"] = int(k)
+            m[f"available.{name}"] = int(n)
+        for s, d in splits.items():
+            m[f"{s}_documents"] = len(d)
+        m["shards_reused"] = store.reused
+        m["shards_computed"] = store.computed
+        order_metrics(m, ["train_documents", "validation_documents", "documents."])
+        meta = {"splits": {s: len(d) for s, d in splits.items()}, "sources": names, "text_column": "text"}
+        return {"dataset": Artifact(DATASET, out, meta=meta)}
+
+
+def _file_stats(spec: FilesSource) -> Any:
+    try:
+        files = match_files(spec)
+    except StageError as e:
+        return {"error": str(e)}
+    stats = []
+    for f in files:
+        st = f.stat()
+        stats.append((str(f), st.st_size, st.st_mtime_ns))
+    return stats
+
+
+def _source_names(sources: list[FilesSource | HubSource]) -> list[str]:
+    """Each source's label, made unique."""
+    names: list[str] = []
+    for i, spec in enumerate(sources):
+        n = default_name(spec, i)
+        while n in names:
+            n = f"{n}-{i}"
+        names.append(n)
+    return names
+
+
+def _read_sources(ctx: StageContext[SourceParams], names: list[str], store: ShardStore) -> _Read:
+    """Read every source shard (reusing finished ones) into a Dataset per source."""
+    from datasets import concatenate_datasets
+
+    sources = ctx.params.sources
+    jobs: list[tuple[int, str, list[Path] | None]] = []  # (source index, shard name, files)
+    for i, spec in enumerate(sources):
+        if isinstance(spec, FilesSource):
+            matched = match_files(spec)
+            for j in range(0, len(matched), FILES_PER_SHARD):
+                jobs.append((i, f"src{i:03d}-{j // FILES_PER_SHARD:05d}", matched[j : j + FILES_PER_SHARD]))
+        else:
+            jobs.append((i, f"src{i:03d}-00000", None))
+    parts: dict[int, list[Any]] = {i: [] for i in range(len(sources))}
+    read = _Read(datasets=[])
+    with ctx.progress("source: reading", total=len(jobs)) as prog:
+        for i, shard, files in jobs:
+            write = functools.partial(_read_shard, spec=sources[i], files=files, name=names[i], store=store)
+            path, meta = store.get_or_make(shard, write)
+            for c in COUNTERS:
+                read.counts[c] += meta.get(c, 0)
+            read.skipped_files += meta.get("_skipped", [])
+            parts[i].append(load_arrow(path / "data.arrow"))
+            prog.advance(1)
+    if read.skipped_files:
+        shown = ", ".join(read.skipped_files[:5])
+        if len(read.skipped_files) > 5:
+            shown += f" and {len(read.skipped_files) - 5} more"
+        n_skipped = len(read.skipped_files)
+        ctx.log.warning("skipped %d file(s) that are not valid text in their encoding: %s", n_skipped, shown)
+    read.datasets = [concatenate_datasets(ds) if len(ds) > 1 else ds[0] for ds in parts.values()]
+    return read
+
+
+def _read_shard(
+    tmp: Path, *, spec: FilesSource | HubSource, files: list[Path] | None, name: str, store: ShardStore
+) -> dict[str, Any]:
+    """One source shard: ``data.arrow`` and its counts."""
+    stats = new_counts()
+    writer = DocumentWriter(tmp / "data.arrow", name, spec.keep_columns)
+    try:
+        if isinstance(spec, HubSource):
+            read_hub(spec, writer, stats)
+        else:
+            by_format: dict[str, list[Path]] = {}
+            for f in files or []:
+                by_format.setdefault(file_format(spec, f), []).append(f)
+            for fmt, group in by_format.items():
+                if fmt == "text":
+                    read_text_files(group, spec, writer, stats)
+                else:
+                    read_structured(group, fmt, spec, writer, stats, store.scratch)
+    finally:
+        writer.close()
+    stats["rows"] = writer.rows
+    stats["chars"] = writer.total_chars
+    return stats
+
+
+def _mix(per_source: list[Any], names: list[str], counts: list[int], rng: Any, log: Any) -> Any:
+    """The sources' seeded samples of ``counts`` documents, concatenated in source order."""
+    from datasets import concatenate_datasets
+
+    chosen = []
+    for name, d, k in zip(names, per_source, counts, strict=True):
+        n = len(d)
+        if k > n:
+            log.info("source %r: %d documents requested, %d available: repeating it", name, k, n)
+        idx = sample_indices(n, k, rng)
+        chosen.append(d if len(idx) == n and k == n else d.select(idx))
+    mixed = concatenate_datasets(chosen) if len(chosen) > 1 else chosen[0]
+    if len(mixed) == 0:
+        raise StageError("the mix is empty")
+    return mixed
+
+
+def _save_splits(mixed: Any, validation: float | int | None, rng: Any, out: Path) -> dict[str, Any]:
+    """Save the mix at ``out``, with a seeded validation split when asked; return the saved splits."""
+    import numpy as np
+
+    train_idx, val_idx = split_indices(len(mixed), validation, rng)
+    if val_idx is None:
+        splits = {"train": mixed}
+        save_dataset_dict(splits, out)
+        return splits
+    if getattr(mixed, "_indices", None) is None:  # rows in place: split by masks in one sequential pass
+        is_val = np.zeros(len(mixed), dtype=bool)
+        is_val[val_idx] = True
+        table = mixed.data.table
+        return save_streamed(
+            {"train": (mixed, kept_rows(table, ~is_val)), "validation": (mixed, kept_rows(table, is_val))}, out
+        )
+    splits = {"train": mixed.select(train_idx), "validation": mixed.select(val_idx)}  # sampled or shuffled: gather
+    save_dataset_dict(splits, out)
+    return splits
