@@ -36,6 +36,7 @@ from .stage import (
     StageRef,
     Upstream,
     UpstreamRecord,
+    run_setting,
 )
 
 __version__ = "0.1.0"
@@ -69,4 +70,5 @@ __all__ = [
     "StageRef",
     "Upstream",
     "UpstreamRecord",
+    "run_setting",
 ]

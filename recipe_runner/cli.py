@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .planning import PlanItem
     from .recipe import Recipe
-    from .runner import PlanItem
+    from .shared_cache import SharedCache
 
 import typer
 
@@ -31,12 +32,27 @@ SetOpt = typer.Option(None, "--set", help="override a value: KEY.PATH=VALUE (VAL
 WorkdirOpt = typer.Option(Path("runs"), "--workdir", help="where run directories live")
 
 
+CacheOpt = typer.Option(
+    None,
+    "--cache",
+    help="shared stage cache: a directory, file:// or s3://bucket/prefix (also RECIPE_CACHE, or cache: in the recipe)",
+)
+
 TrustOpt = typer.Option(
     False,
     "--trust-code",
     help="allow the recipe to run code it names (task directories with Python, trust_remote_code); "
     "also RECIPE_TRUST_CODE=1",
 )
+
+
+def _shared_cache(url: str | None, r: Recipe) -> SharedCache | None:
+    import os
+
+    from .shared_cache import SharedCache
+
+    url = url or os.environ.get("RECIPE_CACHE") or r.cache
+    return SharedCache(url) if url else None
 
 
 def _trusted(flag: bool) -> bool:
@@ -84,17 +100,21 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, run nothing"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="show debug logs and stage tracebacks"),
     trust_code: bool = TrustOpt,
+    cache: str | None = CacheOpt,
 ) -> None:
     """Run a recipe's stages, reusing every cached stage and resuming interrupted ones."""
     from .console import progress_sink, redact_logs, setup_logging, stdout, summary_table
     from .errors import RunError
-    from .runner import Runner, Selection
+    from .planning import Selection
+    from .runner import Runner
 
     setup_logging(verbose)
     r = _load(recipe, set_, _trusted(trust_code))
     redact_logs(r.secrets)
     sel = Selection(from_, until, list(only or []), list(force or []))
-    runner = Runner(r, workdir, progress_sink=progress_sink(), on_event=_print_event)
+    runner = Runner(
+        r, workdir, progress_sink=progress_sink(), on_event=_print_event, shared_cache=_shared_cache(cache, r)
+    )
     try:
         if dry_run:
             _print_plan(runner.plan(sel), r.name)
@@ -132,10 +152,11 @@ def _print_event(event: str, data: dict[str, Any]) -> None:
             item.stage.name,
             item.stage.type,
             item.reason,
-            item.fingerprint[:12],
+            (item.fingerprint or "")[:12],
         )
     elif event == "cached":
-        log.info("stage %s (%s): cached", item.stage.name, item.stage.type)
+        note = "" if item.reason == "cached" else f" [{item.reason}]"
+        log.info("stage %s (%s): cached%s", item.stage.name, item.stage.type, note)
     elif event == "end":
         e = data["entry"]
         if e["status"] == "done":
@@ -154,7 +175,13 @@ def _print_plan(items: list[PlanItem], name: str) -> None:
         t.add_column(c)
     for it in items:
         colour = {"run": "yellow", "cached": "green", "skip": "dim"}[it.action]
-        t.add_row(it.stage.name, it.stage.type, f"[{colour}]{it.action}[/]", it.reason, it.fingerprint[:12])
+        t.add_row(
+            it.stage.name,
+            it.stage.type,
+            f"[{colour}]{it.action}[/]",
+            it.reason,
+            (it.fingerprint or "(after upstream)")[:16],
+        )
     stdout.print(t)
 
 
@@ -178,8 +205,8 @@ def plan(
 ) -> None:
     """Show what `recipe run` would do and why (new / parameters changed / input changed / cached)."""
     from .errors import RunError
-    from .runner import Selection
-    from .runner import plan as make_plan
+    from .planning import Selection
+    from .planning import plan as make_plan
     from .store import RunStore
 
     r = _load(recipe, set_)
@@ -238,6 +265,53 @@ def status(
         typer.echo(json.dumps(st, indent=2, default=str))
     else:
         stdout.print(summary_table(st, f"{r.name}  ({st['run_dir']})"))
+
+
+@app.command()
+def verify(recipe: str = RecipeArg, set_: list[str] | None = SetOpt, workdir: Path = WorkdirOpt) -> None:
+    """Check every committed output of a recipe's run against its recorded content
+    digests; exit 1 naming each corrupt file, 0 when all are intact."""
+    import time
+
+    from .planning import verify_run
+
+    r = _load(recipe, set_)
+    t = time.perf_counter()
+    checked, problems = verify_run(r, workdir)
+    for p in problems:
+        typer.echo(f"corrupt: {p}", err=True)
+    verdict = f"{len(problems)} corrupt file(s); `recipe run --force STAGE` rebuilds one" if problems else "all intact"
+    typer.echo(f"verified {checked} stage outputs in {time.perf_counter() - t:.2f}s: {verdict}")
+    raise typer.Exit(EXIT_STAGE_FAILED if problems else EXIT_OK)
+
+
+cache_app = typer.Typer(help="The shared stage cache: list or garbage-collect its entries.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("ls")
+def cache_ls(url: str = typer.Argument(..., help="the cache: a directory, file:// or s3://bucket/prefix")) -> None:
+    """List the complete entries of a shared cache (oldest first)."""
+    from .shared_cache import SharedCache
+
+    for e in SharedCache(url).entries():
+        typer.echo(f"{e['key'][:16]}  {e.get('stage', '?'):<20} {e.get('type', '?'):<10} {e.get('bytes', 0):>12,} B")
+
+
+@cache_app.command("gc")
+def cache_gc(
+    url: str = typer.Argument(..., help="the cache: a directory, file:// or s3://bucket/prefix"),
+    older_than_days: float | None = typer.Option(None, "--older-than-days", help="delete entries older than this"),
+    max_gb: float | None = typer.Option(None, "--max-gb", help="then delete the oldest until the cache is this small"),
+) -> None:
+    """Delete old entries, then the oldest until the cache fits a size."""
+    from .shared_cache import SharedCache
+
+    removed = SharedCache(url).gc(
+        older_than_s=older_than_days * 86400 if older_than_days is not None else None,
+        max_bytes=int(max_gb * 1e9) if max_gb is not None else None,
+    )
+    typer.echo(f"removed {len(removed)} entries ({sum(e.get('bytes', 0) for e in removed):,} bytes)")
 
 
 @app.command()

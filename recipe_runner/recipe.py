@@ -57,6 +57,11 @@ class RecipeSpec(BaseModel):
     defaults: dict[str, Any] = Field(
         default_factory=dict, description="parameters filled into every stage whose plugin has that field"
     )
+    cache: str | None = Field(
+        None,
+        description="a shared stage cache (a directory, file:// or s3://bucket/prefix) that runs pull finished "
+        "stages from and push them to; --cache and RECIPE_CACHE override it",
+    )
     secrets: list[str] = Field(
         default_factory=list,
         description="environment variables whose values are secrets: wherever a ${env.NAME} of theirs is used, the "
@@ -104,6 +109,7 @@ class Recipe:
     file: Path
     merged: dict[str, Any] = field(default_factory=dict)  # after extends/--set/vars, plain
     secrets: frozenset[str] = frozenset()  # values from secret environment variables: redacted on output
+    cache: str | None = None  # the recipe's shared stage cache URL
 
     def stage(self, name: str) -> ResolvedStage:
         for s in self.stages:
@@ -605,7 +611,7 @@ def load_recipe(
     if problems:
         raise _redacted_error(problems, secrets)
     assert spec is not None
-    return Recipe(
+    recipe = Recipe(
         spec.name,
         spec.description,
         spec.seed,
@@ -615,7 +621,9 @@ def load_recipe(
         path,
         plain,
         frozenset(secrets),
+        spec.cache,
     )
+    return recipe
 
 
 def _redacted_error(problems: list[Problem], secrets: set[str]) -> RecipeError:

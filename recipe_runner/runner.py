@@ -1,6 +1,8 @@
-"""The runner: plans which stages to run, runs them in order, commits each
-output atomically under its fingerprint, and records everything in the run
-manifest.  It knows no stage: it only talks to the Stage API."""
+"""The runner: runs the planned stages in order, each under its key (computed
+again when the run reaches it, so identical upstream bytes leave it cached),
+commits each output atomically with the digests of its files, and records
+everything in the run manifest.  It knows no stage: it only talks to the
+Stage API."""
 
 from __future__ import annotations
 
@@ -12,39 +14,23 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .artifacts import Artifact
+from .digests import DigestCache
 from .errors import RunError
-from .fingerprint import stage_fingerprints
+from .keys import run_settings
+from .planning import CACHED, RUN, SKIP, Keys, PlanItem, Selection, plan, stage_key
+from .planning import status as run_status
 from .recipe import Recipe, ResolvedStage
-from .redaction import RedactSecrets
+from .redaction import RedactSecrets, redact
+from .shared_cache import SharedCache
 from .stage import Lineage, Params, ProgressSink, Stage, StageContext, StageError, StageRef, UpstreamRecord
 from .store import RunStore
 
 log = logging.getLogger("recipe_runner")
-
-RUN, CACHED, SKIP = "run", "cached", "skip"
-
-
-@dataclass
-class PlanItem:
-    stage: ResolvedStage
-    fingerprint: str
-    params_digest: str
-    inputs: dict[str, str | None]
-    action: str  # run | cached | skip (outside the selection)
-    reason: str
-
-
-@dataclass
-class Selection:
-    from_: str | None = None
-    until: str | None = None
-    only: list[str] = field(default_factory=list)
-    force: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -54,70 +40,7 @@ class RunResult:
     failed_stage: str | None = None
     error: str | None = None
     runner_seconds: float = 0.0
-
-
-def _check_names(recipe: Recipe, names: list[str | None]) -> None:
-    for n in names:
-        if n is not None:
-            try:
-                recipe.stage(n)
-            except KeyError as e:
-                raise RunError(e.args[0]) from None
-
-
-def plan(recipe: Recipe, store: RunStore, sel: Selection | None = None) -> list[PlanItem]:
-    sel = sel or Selection()
-    _check_names(recipe, [sel.from_, sel.until, *sel.only, *sel.force])
-    fps = stage_fingerprints(recipe)
-    previous = {s["name"]: s for s in (store.read_manifest() or {}).get("stages", [])}
-    names = [s.name for s in recipe.stages]
-    lo = names.index(sel.from_) if sel.from_ else 0
-    hi = names.index(sel.until) if sel.until else len(names) - 1
-    selected = set(sel.only) if sel.only else set(names[lo : hi + 1])
-    # forcing a stage re-runs everything downstream of it that is selected
-    forced: set[str] = set(sel.force)
-    for s in recipe.stages:
-        if any(b is not None and b.stage in forced for b in s.bindings.values()):
-            forced.add(s.name)
-
-    items: list[PlanItem] = []
-    will_exist: set[str] = set()
-    for s in recipe.stages:
-        fp = fps[s.name]
-        committed = store.committed(s.name, fp["fingerprint"]) is not None
-        if s.name not in selected:
-            action, reason = SKIP, "not selected" + ("" if committed else " (no output yet)")
-        elif s.name in forced and (s.name in sel.force or committed):
-            action, reason = RUN, "forced" if s.name in sel.force else "upstream forced"
-        elif committed:
-            action, reason = CACHED, "cached"
-        else:
-            action, reason = RUN, _why(s.name, fp, previous.get(s.name), store)
-        if action == RUN or committed:
-            will_exist.add(s.name)
-        if action == RUN:
-            missing = [b.stage for b in s.bindings.values() if b is not None and b.stage not in will_exist]
-            if missing:
-                raise RunError(
-                    f"stage '{s.name}' needs the output of '{missing[0]}', which has not been run "
-                    f"with the current parameters; run it first (drop --from/--only, or use --from {missing[0]})"
-                )
-        items.append(PlanItem(s, fp["fingerprint"], fp["params_digest"], fp["inputs"], action, reason))
-    return items
-
-
-def _why(name: str, fp: dict[str, Any], prev: dict[str, Any] | None, store: RunStore) -> str:
-    if store.checkpoint_has_state(name, fp["fingerprint"]):
-        return "resume (interrupted)"
-    if prev is None or "params_digest" not in prev:
-        return "new"
-    if prev.get("params_digest") != fp["params_digest"]:
-        return "parameters changed"
-    if prev.get("inputs") != fp["inputs"]:
-        return "input changed"
-    if prev.get("fingerprint") == fp["fingerprint"] and prev.get("status") == "failed":
-        return "retry (failed last time)"
-    return "not finished"
+    stage_seconds: float = 0.0
 
 
 def package_versions() -> dict[str, str]:
@@ -179,14 +102,17 @@ class Runner:
         workdir: str | Path = "runs",
         progress_sink: ProgressSink | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        shared_cache: SharedCache | None = None,
     ):
         self.recipe = recipe
         self.store = RunStore(workdir, recipe.name)
         self.progress_sink = progress_sink
         self.on_event = on_event or (lambda event, data: None)
+        self.shared_cache = shared_cache
+        self.digests: DigestCache | None = None
 
     def plan(self, sel: Selection | None = None) -> list[PlanItem]:
-        return plan(self.recipe, self.store, sel)
+        return plan(self.recipe, self.store, sel, self.digests)
 
     def run(self, sel: Selection | None = None) -> RunResult:
         t0 = time.perf_counter()
@@ -196,60 +122,104 @@ class Runner:
                     "took over the lock of an earlier run that ended without releasing it (pid %s)",
                     lock.took_over.get("pid"),
                 )
+            self.digests = self.store.digest_cache()
             items = self.plan(sel)
             manifest = self._new_manifest(items)
             self.store.write_manifest(manifest)
-            stage_seconds = 0.0
             result = RunResult(True, manifest)
             old_term = signal.signal(signal.SIGTERM, _on_term) if _main_thread() else None
             try:
-                for item in items:
-                    entry = _entry(manifest, item.stage.name)
-                    if item.action != RUN:
-                        self.on_event("skip" if item.action == SKIP else "cached", {"item": item, "entry": entry})
-                        continue
-                    self.on_event("start", {"item": item, "entry": entry})
-                    ok, seconds = self._run_stage(item, manifest, entry)
-                    stage_seconds += seconds
-                    self.on_event("end", {"item": item, "entry": entry})
-                    if not ok:
-                        result = RunResult(False, manifest, item.stage.name, entry.get("error"))
-                        break
+                self._run_items(items, sel or Selection(), manifest, result)
+                manifest["status"] = "done" if result.ok else "failed"
+            except KeyboardInterrupt:
+                manifest["status"] = "interrupted"
+                raise
+            except BaseException:
+                manifest["status"] = "failed"
+                raise
             finally:
                 if old_term is not None:
                     signal.signal(signal.SIGTERM, old_term)
-                result.runner_seconds = time.perf_counter() - t0 - stage_seconds
+                result.runner_seconds = time.perf_counter() - t0 - result.stage_seconds
                 manifest["finished"] = _now()
-                manifest["status"] = "done" if result.ok else "failed"
                 manifest["runner_seconds"] = round(result.runner_seconds, 3)
                 self.store.write_manifest(manifest)
+                self.digests.save()
         return result
 
-    # ------------------------------------------------------------------
+    def _run_items(self, items: list[PlanItem], sel: Selection, manifest: dict[str, Any], result: RunResult) -> None:
+        assert self.digests is not None
+        keys = Keys(self.recipe, self.store, self.digests)
+        for item in items:
+            entry = _entry(manifest, item.stage.name)
+            if item.action == RUN:
+                self._rekey(item, keys, entry, forced=item.stage.name in sel.force)
+            if item.action != RUN:
+                keys.learn(item.stage.name, self.store.committed(item.stage.name, item.fingerprint or ""))
+                self.on_event("skip" if item.action == SKIP else "cached", {"item": item, "entry": entry})
+                continue
+            self.on_event("start", {"item": item, "entry": entry})
+            ok, seconds = self._run_stage(item, manifest, entry)
+            result.stage_seconds += seconds
+            self.on_event("end", {"item": item, "entry": entry})
+            if not ok:
+                result.ok, result.failed_stage, result.error = False, item.stage.name, entry.get("error")
+                return
+            keys.learn(item.stage.name, self.store.committed(item.stage.name, item.fingerprint or ""))
+            self._push(item)
+
+    def _rekey(self, item: PlanItem, keys: Keys, entry: dict[str, Any], forced: bool) -> None:
+        """The stage's key now that its inputs exist; a committed (or shared)
+        output with that key is reused instead of running the stage."""
+        if item.fingerprint is None:
+            item.parts = keys.parts(item.stage)
+            item.fingerprint = stage_key(item.parts)
+            entry.update(fingerprint=item.fingerprint, parts=redact(item.parts, self.recipe.secrets))
+            if item.fingerprint is None:
+                raise RunError(f"stage '{item.stage.name}': an input's output is missing after its stage ran")
+            if not forced and self.store.committed(item.stage.name, item.fingerprint) is not None:
+                item.action, item.reason = CACHED, "cached (upstream output unchanged)"
+        if item.action == RUN and not forced and self._pull(item):
+            item.action, item.reason = CACHED, "pulled from the shared cache"
+        if item.action == CACHED:
+            rec = self.store.committed(item.stage.name, item.fingerprint)
+            assert rec is not None
+            entry.update(status="done", cached=True, **self._record_view(item.stage.name, item.fingerprint, rec))
+
+    def _pull(self, item: PlanItem) -> bool:
+        if self.shared_cache is None or item.fingerprint is None:
+            return False
+        return self.shared_cache.pull(self.store, item.stage.name, item.fingerprint)
+
+    def _push(self, item: PlanItem) -> None:
+        if self.shared_cache is not None and item.fingerprint is not None and not self.store.rank:
+            self.shared_cache.push(self.store, item.stage.name, item.fingerprint)
+
     def _new_manifest(self, items: list[PlanItem]) -> dict[str, Any]:
         previous = {s["name"]: s for s in (self.store.read_manifest() or {}).get("stages", [])}
         stages = []
         for it in items:
             s = it.stage
-            rec = self.store.committed(s.name, it.fingerprint)
+            rec = self.store.committed(s.name, it.fingerprint) if it.fingerprint else None
             entry: dict[str, Any] = {
                 "name": s.name,
                 "type": s.type,
                 "fingerprint": it.fingerprint,
-                "params_digest": it.params_digest,
-                "inputs": it.inputs,
+                "parts": redact(it.parts, self.recipe.secrets),
+                "run_settings": run_settings(s.params),
                 "status": "done" if rec else "pending",
                 "cached": it.action == CACHED,
+                "reason": it.reason,
                 "artifact": None,
                 "seconds": None,
                 "metrics": {},
             }
-            if rec:
+            if rec and it.fingerprint:
                 entry.update(self._record_view(s.name, it.fingerprint, rec))
             elif it.action == SKIP and s.name in previous:
                 prev = previous[s.name]
-                if prev.get("fingerprint") == it.fingerprint and prev.get("status") == "failed":
-                    entry.update(status="failed", error=prev.get("error"))
+                if prev.get("fingerprint") == it.fingerprint and prev.get("status") in ("failed", "interrupted"):
+                    entry.update(status=prev["status"], error=prev.get("error"))
             stages.append(entry)
         return {
             "recipe": self.recipe.name,
@@ -265,13 +235,8 @@ class Runner:
         }
 
     def _record_view(self, name: str, fp: str, rec: dict[str, Any]) -> dict[str, Any]:
-        base = self.store.committed_dir(name, fp)
-        arts = {
-            k: str(base / v["path"]) if not Path(v["path"]).is_absolute() else v["path"]
-            for k, v in rec.get("outputs", {}).items()
-        }
         return {
-            "artifact": next(iter(arts.values())) if len(arts) == 1 else arts,
+            "artifact": self.store.artifact_paths(name, fp, rec),
             "seconds": rec.get("seconds"),
             "metrics": rec.get("metrics", {}),
         }
@@ -282,7 +247,7 @@ class Runner:
             recipe=self.recipe.name,
             recipe_file=str(self.recipe.file),
             seed=self.recipe.seed,
-            stage=StageRef(item.stage.name, item.stage.type, item.fingerprint),
+            stage=StageRef(item.stage.name, item.stage.type, item.fingerprint or ""),
             upstream=tuple(
                 UpstreamRecord(e["name"], e["type"], e["fingerprint"], e.get("metrics", {}))
                 for e in manifest["stages"]
@@ -301,22 +266,34 @@ class Runner:
                 todo.extend(b.stage for b in self.recipe.stage(n).bindings.values() if b is not None)
         return out
 
-    def _inputs(self, item: PlanItem) -> dict[str, Artifact | None]:
+    def _inputs(self, item: PlanItem, manifest: dict[str, Any]) -> dict[str, Artifact | None]:
         out: dict[str, Artifact | None] = {}
         for slot, b in item.stage.bindings.items():
             if b is None:
                 out[slot] = None
-                continue
-            producer_fp = str(item.inputs[slot]).split(":", 1)[0]
-            out[slot] = self.store.outputs(b.stage, producer_fp)[b.output]
+            else:
+                producer_key: str = _entry(manifest, b.stage)["fingerprint"]
+                out[slot] = self.store.outputs(b.stage, producer_key)[b.output]
+        return out
+
+    def _local_signatures(self, item: PlanItem) -> dict[str, list[list[int]]]:
+        """Stat signatures of the local files a stage's parameters name (checked again at commit)."""
+        from .digests import stat_signature, walk_files
+
+        out = {}
+        for field, path in item.stage.stage_cls.local_inputs(item.stage.params).items():
+            p = Path(path)
+            out[field] = [stat_signature(f) for f in walk_files(p)] if p.exists() else []
         return out
 
     def _run_stage(self, item: PlanItem, manifest: dict[str, Any], entry: dict[str, Any]) -> tuple[bool, float]:
         """Run one stage and commit its outputs; a failure is recorded in the
         manifest entry (and a Ctrl-C / SIGTERM re-raised after recording it)."""
         s = item.stage
+        assert item.fingerprint is not None
         tmp, ckpt = self.store.prepare(s.name, item.fingerprint)
         resumed = any(ckpt.iterdir())
+        local_before = self._local_signatures(item)
         entry.update(status="running", cached=False, started=_now(), error=None)
         self.store.write_manifest(manifest)
         t = time.perf_counter()
@@ -335,19 +312,21 @@ class Runner:
                 progress_sink=self.progress_sink,
             )
             try:
-                ctx.inputs = self._inputs(item)
+                ctx.inputs = self._inputs(item, manifest)
                 if resumed:
                     stage_log.info("resuming: in-stage checkpoints found in %s", ckpt)
                 returned = s.stage_cls().run(ctx) or {}
                 outputs = collect_outputs(s.stage_cls, s.params, ctx, returned)
+                self._check_unchanged(item, local_before)
                 self._commit(item, tmp, outputs, ctx.metrics, time.perf_counter() - t, resumed, entry)
             except (Exception, KeyboardInterrupt, _Interrupted) as e:
                 seconds = time.perf_counter() - t
                 msg = _failure_message(e)
                 stage_log.error("stage failed: %s", msg)
                 stage_log.debug("%s", traceback.format_exc())
+                interrupted = isinstance(e, (KeyboardInterrupt, _Interrupted))
                 entry.update(
-                    status="failed",
+                    status="interrupted" if interrupted else "failed",
                     error=msg,
                     seconds=round(seconds, 3),
                     finished=_now(),
@@ -355,7 +334,7 @@ class Runner:
                     log=str(self.store.logs_dir / f"{s.name}.log"),
                 )
                 self.store.write_manifest(manifest)
-                if isinstance(e, (KeyboardInterrupt, _Interrupted)):
+                if interrupted:
                     raise KeyboardInterrupt(msg) from None
                 return False, seconds
         self.store.write_manifest(manifest)
@@ -397,9 +376,10 @@ class Runner:
             "seconds": round(seconds, 3),
             "finished": _now(),
             "params": self.recipe.stage_params_json(s),
-            "inputs": item.inputs,
+            "parts": redact(item.parts, self.recipe.secrets),
             "resumed": resumed,
         }
+        assert item.fingerprint is not None
         self.store.commit(s.name, item.fingerprint, tmp, record)
         view = self._record_view(s.name, item.fingerprint, record)
         entry.update(
@@ -409,6 +389,16 @@ class Runner:
             artifact=view["artifact"],
             metrics=view["metrics"],
         )
+
+    def _check_unchanged(self, item: PlanItem, before: dict[str, list[list[int]]]) -> None:
+        after = self._local_signatures(item)
+        changed = [f for f in before if before[f] != after.get(f)]
+        if changed:
+            paths = item.stage.stage_cls.local_inputs(item.stage.params)
+            raise StageError(
+                f"the local input {changed[0]} ({paths[changed[0]]}) changed while the stage ran; its output "
+                "would be committed under the key of the old content, so nothing was committed: run again"
+            )
 
 
 def _failure_message(e: BaseException) -> str:
@@ -440,43 +430,5 @@ def _main_thread() -> bool:
 
 
 def status(recipe: Recipe, workdir: str | Path) -> dict[str, Any]:
-    """The run's state for ``recipe status``: per stage pending/running/done/failed,
-    whether the last run reused it, fingerprint, artifact, seconds, metrics."""
-    store = RunStore(workdir, recipe.name)
-    fps = stage_fingerprints(recipe)
-    manifest = store.read_manifest() or {}
-    prev = {s["name"]: s for s in manifest.get("stages", [])}
-    holder = store.lock_holder()
-    stages = []
-    for s in recipe.stages:
-        fp = fps[s.name]["fingerprint"]
-        rec = store.committed(s.name, fp)
-        last = prev.get(s.name, {})
-        same = last.get("fingerprint") == fp
-        entry: dict[str, Any] = {
-            "name": s.name,
-            "type": s.type,
-            "status": "pending",
-            "cached": bool(same and last.get("cached")),
-            "fingerprint": fp,
-            "artifact": None,
-            "seconds": None,
-            "metrics": {},
-        }
-        if rec is not None:
-            base = store.committed_dir(s.name, fp)
-            arts = {k: str(base / v["path"]) for k, v in rec.get("outputs", {}).items()}
-            entry.update(
-                status="done",
-                seconds=rec.get("seconds"),
-                metrics=rec.get("metrics", {}),
-                artifact=next(iter(arts.values())) if len(arts) == 1 else arts,
-            )
-        elif same and last.get("status") == "running":
-            entry["status"] = "running" if holder else "failed"
-            if not holder:
-                entry["error"] = "interrupted (the run ended without finishing this stage)"
-        elif same and last.get("status") == "failed":
-            entry.update(status="failed", error=last.get("error"), metrics=last.get("metrics", {}))
-        stages.append(entry)
-    return {"recipe": recipe.name, "run_dir": str(store.root), "stages": stages}
+    """`recipe status`: see :func:`recipe_runner.planning.status` (reads only, never locks)."""
+    return run_status(recipe, RunStore(workdir, recipe.name))

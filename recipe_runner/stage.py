@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from .artifacts import Artifact
 
@@ -45,6 +45,14 @@ class Input:
         object.__setattr__(self, "optional", optional)
         object.__setattr__(self, "description", description)
         object.__setattr__(self, "auto", auto)
+
+
+def run_setting(default: Any = ..., *, description: str = "", **kwargs: Any) -> Any:
+    """A parameter field that changes only *how* a stage runs (workers, threads,
+    batch sizes of inference-only work), never what it computes: it stays out of
+    the stage's key, so changing it reuses cached outputs.  Use it like
+    ``pydantic.Field``: ``num_proc: int = run_setting(2, description="...")``."""
+    return Field(default, description=description, json_schema_extra={"run_setting": True}, **kwargs)
 
 
 P = TypeVar("P", bound=Params)
@@ -229,6 +237,15 @@ class Stage(Generic[P]):
         """Extra content the fingerprint must cover, e.g. the size and mtime of
         local files a source stage reads.  Must be cheap."""
         return None
+
+    @classmethod
+    def local_inputs(cls, params: P) -> Mapping[str, Path]:
+        """Local files or directories the parameters point at (``{field path:
+        path}``, field path dotted with list indices, e.g. ``"sources.0.path"``):
+        their *content* is part of the stage's key instead of the path, so an
+        edited tokenizer directory re-runs the stage and a moved checkout does
+        not.  Paths that do not exist locally (hub ids) must be left out."""
+        return {}
 
     @classmethod
     def runs_code(cls, params: P) -> Mapping[str, str]:

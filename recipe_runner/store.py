@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .artifacts import Artifact
+from .digests import DigestCache, file_digest, tree_digest, tree_files
 from .errors import RunError
 
 STAGE_RECORD = "stage.json"
@@ -44,6 +45,39 @@ def process_rank() -> int:
     return int(os.environ.get("RANK") or "0") if world_size() > 1 else 0
 
 
+def describe_outputs(stage_dir: Path, outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``files``: size and digest of every file under ``stage_dir``; ``outputs``:
+    each output with the digest of its content (what downstream keys use)."""
+    files = tree_files(stage_dir, DigestCache(None))
+    described = {}
+    for name, out in outputs.items():
+        prefix = out["path"].rstrip("/")
+        mine = {
+            rel[len(prefix) + 1 :] or Path(rel).name: f
+            for rel, f in files.items()
+            if rel == prefix or rel.startswith(prefix + "/")
+        }
+        described[name] = dict(out, digest=tree_digest(mine))
+    return {"files": files, "outputs": described}
+
+
+def check_files(stage_dir: Path, record: dict[str, Any], full: bool = True) -> list[str]:
+    """Every file a stage record lists, against its size (and, with ``full``, its content digest)."""
+    problems = []
+    for rel, info in record.get("files", {}).items():
+        path = stage_dir / rel
+        try:
+            size = path.stat().st_size
+        except OSError:
+            problems.append(f"{path}: missing")
+            continue
+        if size != info["size"]:
+            problems.append(f"{path}: {size} bytes, {info['size']} expected")
+        elif full and file_digest(path) != info["digest"]:
+            problems.append(f"{path}: content differs from its digest")
+    return problems
+
+
 class RunStore:
     """Under a multi-process launch every rank runs the stages (so a training
     stage trains data-parallel), but only rank 0 holds the lock, writes the
@@ -58,19 +92,57 @@ class RunStore:
         self.ckpt_dir = self.root / "checkpoints"
         self.logs_dir = self.root / "logs"
         self.manifest_path = self.root / "manifest.json"
+        self.corrupt: dict[str, str] = {}  # stage -> why its committed output was not reused
+
+    def digest_cache(self, writable: bool = True) -> DigestCache:
+        """Content digests of local inputs, cached by stat signature for this run directory."""
+        return DigestCache(self.root / ".digests.json", writable=writable and not self.rank)
 
     # ---- committed outputs
     def committed_dir(self, stage: str, fingerprint: str) -> Path:
         return self.stages_dir / _key(stage, fingerprint)
 
     def committed(self, stage: str, fingerprint: str) -> dict[str, Any] | None:
-        """The stage record if this fingerprint's output is committed."""
+        """The stage record if this key's output is committed and every file
+        has its recorded size (a truncated or missing file: None, and the
+        reason in ``self.corrupt``)."""
         rec = self.committed_dir(stage, fingerprint) / STAGE_RECORD
         try:
-            data = json.loads(rec.read_text())
+            data: dict[str, Any] = json.loads(rec.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
-        return data if data.get("fingerprint") == fingerprint else None
+        if data.get("fingerprint") != fingerprint or "files" not in data:
+            return None
+        problems = self.verify(stage, fingerprint, data, full=False)
+        if problems:
+            self.corrupt[stage] = problems[0]
+            return None
+        return data
+
+    def verify(self, stage: str, fingerprint: str, record: dict[str, Any], full: bool = True) -> list[str]:
+        """Each committed file against the record: sizes always, content digests with ``full``."""
+        return check_files(self.committed_dir(stage, fingerprint), record, full)
+
+    def adopt(self, stage: str, fingerprint: str, stage_dir: Path) -> Path:
+        """Publish a complete, verified stage directory (from the shared cache) as committed."""
+        final = self.committed_dir(stage, fingerprint)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            trash = self.tmp_dir / (final.name + f".old-{os.getpid()}")
+            os.replace(final, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        os.replace(stage_dir, final)
+        self.corrupt.pop(stage, None)
+        return final
+
+    @staticmethod
+    def output_digests(record: dict[str, Any]) -> dict[str, str]:
+        return {name: o["digest"] for name, o in record.get("outputs", {}).items() if "digest" in o}
+
+    def artifact_paths(self, stage: str, fingerprint: str, record: dict[str, Any]) -> str | dict[str, str]:
+        base = self.committed_dir(stage, fingerprint)
+        arts = {k: str(base / v["path"]) for k, v in record.get("outputs", {}).items()}
+        return next(iter(arts.values())) if len(arts) == 1 else arts
 
     def outputs(self, stage: str, fingerprint: str) -> dict[str, Artifact]:
         rec = self.committed(stage, fingerprint)
@@ -98,7 +170,7 @@ class RunStore:
         if self.rank:
             shutil.rmtree(tmp, ignore_errors=True)
             return self._wait_for_commit(stage, fingerprint)
-        record = dict(record, fingerprint=fingerprint)
+        record = dict(record, fingerprint=fingerprint, **describe_outputs(tmp, record["outputs"]))
         rec_path = tmp / STAGE_RECORD
         rec_path.write_text(json.dumps(record, indent=2, default=str))
         with open(rec_path, "rb") as fh:

@@ -1,0 +1,173 @@
+"""Stage keys: what a stage computes, never how or where.
+
+key = sha256(plugin name and version, a digest of the plugin's source when it
+is installed in development mode, the parameters that change results, the
+content digests of the local files and directories its parameters point at,
+the content digests of its inputs (the upstream *outputs*, so a re-run
+upstream stage that produces identical bytes leaves everything downstream
+cached), the seed).  Parameters marked as run settings (workers, threads,
+batch sizes of inference-only work) and absolute paths are left out, so the
+same recipe in two checkouts, on two machines, has the same keys."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import site
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from .digests import DigestCache, path_digest, walk_files
+from .recipe import Recipe, ResolvedStage
+from .stage import Params, Stage
+
+LOCAL = "<local input>"
+
+
+def canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(canonical(obj).encode()).hexdigest()
+
+
+def is_run_setting(model: type[BaseModel], name: str) -> bool:
+    extra = model.model_fields[name].json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get("run_setting"))
+
+
+def split_params(params: BaseModel) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(what changes results, run settings)`` of a parameter model, as JSON."""
+    key: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
+    for name in type(params).model_fields:
+        value = getattr(params, name)
+        if is_run_setting(type(params), name):
+            settings[name] = _json(value)
+        elif isinstance(value, BaseModel):
+            key[name], inner = split_params(value)
+            if inner:
+                settings[name] = inner
+        elif isinstance(value, list) and value and all(isinstance(v, BaseModel) for v in value):
+            pairs = [split_params(v) for v in value]
+            key[name] = [k for k, _ in pairs]
+            if any(s for _, s in pairs):
+                settings[name] = [s for _, s in pairs]
+        else:
+            key[name] = _json(value)
+    return key, settings
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return json.loads(json.dumps(value, default=str)) if not isinstance(value, str | int | float | bool) else value
+
+
+def _blank(tree: dict[str, Any], dotted: str) -> None:
+    """Replace the value at ``a.0.b`` by a marker (its content is keyed instead)."""
+    *parents, last = dotted.split(".")
+    node: Any = tree
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node.get(part)
+        if node is None:
+            return
+    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+        node[int(last)] = LOCAL
+    elif isinstance(node, dict) and last in node:
+        node[last] = LOCAL
+
+
+_SOURCE_DIGESTS: dict[str, str | None] = {}
+
+
+def plugin_source_digest(stage_cls: type[Stage[Any]], cache: DigestCache) -> str | None:
+    """A digest of the plugin's package source when it is not installed in a
+    site-packages directory (an editable / development install), so an edited
+    plugin is seen; None for a normal install (its version says it all)."""
+    top = stage_cls.__module__.split(".")[0]
+    if top in _SOURCE_DIGESTS:
+        return _SOURCE_DIGESTS[top]
+    module = sys.modules.get(top)
+    where = getattr(module, "__file__", None)
+    value = None
+    if where:
+        pkg = Path(where).resolve().parent
+        installed = [Path(p).resolve() for p in [*site.getsitepackages(), site.getusersitepackages()]]
+        if not any(pkg.is_relative_to(sp) for sp in installed):
+            files = [p for p in walk_files(pkg) if p.suffix == ".py"]
+            value = digest({p.relative_to(pkg).as_posix(): cache.digest(p) for p in files})
+    _SOURCE_DIGESTS[top] = value
+    return value
+
+
+def key_parts(
+    recipe: Recipe, stage: ResolvedStage, inputs: Mapping[str, str | None], cache: DigestCache
+) -> dict[str, Any]:
+    """Everything a stage's key covers (kept in the manifest, so `recipe plan`
+    can name what changed); ``inputs`` maps each slot to the digest of the
+    upstream output bound there."""
+    cls, params = stage.stage_cls, stage.params
+    key_params, _ = split_params(params)
+    local = {}
+    for dotted, path in sorted(cls.local_inputs(params).items()):
+        _blank(key_params, dotted)
+        local[dotted] = path_digest(Path(path), cache) if Path(path).exists() else f"missing:{path}"
+    return {
+        "plugin": cls.name,
+        "version": cls.version,
+        "source": plugin_source_digest(cls, cache),
+        "params": key_params,
+        "local": local,
+        "extra": cls.fingerprint_extra(params),
+        "inputs": dict(sorted(inputs.items())),
+        "seed": recipe.seed,
+    }
+
+
+def run_settings(params: Params) -> dict[str, Any]:
+    return split_params(params)[1]
+
+
+def describe_change(before: Mapping[str, Any] | None, now: Mapping[str, Any]) -> list[str]:
+    """What differs between two stages' key parts, in words (at most a few items)."""
+    if not before:
+        return []
+    out: list[str] = []
+    if before.get("plugin") != now["plugin"] or before.get("version") != now["version"]:
+        out.append(f"plugin {before.get('plugin')} {before.get('version')} -> {now['plugin']} {now['version']}")
+    if before.get("source") != now["source"]:
+        out.append("plugin source edited")
+    out += [f"params.{p}" for p in _diff(before.get("params"), now["params"])]
+    for field, d in now["local"].items():
+        if (before.get("local") or {}).get(field) != d:
+            out.append(f"local input {field} changed")
+    for slot, d in now["inputs"].items():
+        if (before.get("inputs") or {}).get(slot) != d:
+            out.append(f"input {slot} changed")
+    if before.get("seed") != now["seed"]:
+        out.append(f"seed {before.get('seed')} -> {now['seed']}")
+    if before.get("extra") != now["extra"]:
+        out.append("plugin-specific inputs changed")
+    return out
+
+
+def _diff(a: Any, b: Any, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _diff(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
+        return out
+    if a != b:
+        return [f"{path}: {_short(a)} -> {_short(b)}"]
+    return []
+
+
+def _short(v: Any) -> str:
+    text = canonical(v)
+    return text if len(text) <= 40 else text[:37] + "..."
