@@ -206,6 +206,13 @@ class RunStore:
             time.sleep(0.5)
         return self.committed_dir(stage, fingerprint)
 
+    def clear_checkpoints(self, stage: str, fingerprint: str) -> bool:
+        """Drop a stage's in-stage checkpoints (``--force`` starts it from scratch)."""
+        d = self.ckpt_dir / _key(stage, fingerprint)
+        existed = d.is_dir() and any(d.iterdir())
+        shutil.rmtree(d, ignore_errors=True)
+        return existed
+
     def checkpoint_has_state(self, stage: str, fingerprint: str) -> bool:
         d = self.ckpt_dir / _key(stage, fingerprint)
         return d.is_dir() and any(d.iterdir())

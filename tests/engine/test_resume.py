@@ -109,3 +109,16 @@ def test_multi_process_launch_only_rank0_commits(write, tmp_path):
     assert manifest["pid"] == procs[1].pid
     assert len(list((wd / "slow" / "stages").glob("count-*"))) == 1
     assert not list((wd / "slow" / "tmp").glob("*rank1*"))
+
+
+def test_force_starts_a_stage_from_scratch(recipe_cli, status_json, write, tmp_path):
+    recipe, wd = _slow_recipe(write, tmp_path, n=30), tmp_path / "runs"
+    proc = _start(recipe, wd)
+    _wait_for_steps(wd, 5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    forced = recipe_cli("run", str(recipe), "--workdir", str(wd), "--force", "count")
+    assert forced.returncode == 0, forced.stderr
+    assert "--force: its in-stage checkpoints were cleared" in forced.stderr
+    assert "resuming at step" not in forced.stderr
+    assert "resumed_from_step" not in status_json(recipe, wd)["stages"][0]["metrics"]
