@@ -158,9 +158,9 @@ class Runner:
                 keys.learn(item.stage.name, self.store.committed(item.stage.name, item.fingerprint or ""))
                 self.on_event("skip" if item.action == SKIP else "cached", {"item": item, "entry": entry})
                 continue
-            if item.stage.name in sel.force and item.fingerprint and not self.store.rank:
-                if self.store.clear_checkpoints(item.stage.name, item.fingerprint):
-                    log.info("stage %s: --force: its in-stage checkpoints were cleared", item.stage.name)
+            forced = item.stage.name in sel.force and item.fingerprint and not self.store.rank
+            if forced and self.store.clear_checkpoints(item.stage.name, item.fingerprint or ""):
+                log.info("stage %s: --force: its in-stage checkpoints were cleared", item.stage.name)
             self.on_event("start", {"item": item, "entry": entry})
             ok, seconds = self._run_stage(item, manifest, entry)
             result.stage_seconds += seconds
