@@ -697,17 +697,9 @@ def _resolve_stages(
         if s.remove:
             continue
         if s.after or s.before:
-            problems.append(
-                Problem(
-                    f"{'after' if s.after else 'before'}: places a stage among a base recipe's stages, "
-                    "and this recipe has no extends:",
-                    f,
-                    line,
-                    col,
-                    stage=name,
-                    field=f"stages[{i}].{'after' if s.after else 'before'}",
-                )
-            )
+            which = "after" if s.after else "before"
+            msg = f"{which}: places a stage among a base recipe's stages, and this recipe has no extends:"
+            problems.append(Problem(msg, f, line, col, stage=name, field=f"stages[{i}].{which}"))
         cls = _load_plugin(s.type, name, i, registry, data, (f, line, col), problems)
         if cls is None:
             continue
@@ -727,16 +719,8 @@ def _resolve_stages(
     for k in defaults:
         if k not in used_defaults and resolved:
             f, line, col = locate(data, ("defaults", k)) or file_loc
-            problems.append(
-                Problem(
-                    f"default '{k}' is not a parameter of any stage in this recipe",
-                    f,
-                    line,
-                    col,
-                    field=f"defaults.{k}",
-                    suggestion=closest(k, all_fields),
-                )
-            )
+            msg = f"default '{k}' is not a parameter of any stage in this recipe"
+            problems.append(Problem(msg, f, line, col, field=f"defaults.{k}", suggestion=closest(k, all_fields)))
     return resolved
 
 
