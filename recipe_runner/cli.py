@@ -103,7 +103,8 @@ def run(
     cache: str | None = CacheOpt,
 ) -> None:
     """Run a recipe's stages, reusing every cached stage and resuming interrupted ones."""
-    from .console import progress_sink, redact_logs, setup_logging, stdout, summary_table
+    from . import console
+    from .console import detach, progress_sink, redact_logs, setup_logging, summary_table
     from .errors import RunError
     from .planning import Selection
     from .runner import Runner
@@ -111,9 +112,16 @@ def run(
     setup_logging(verbose)
     r = _load(recipe, set_, _trusted(trust_code))
     redact_logs(r.secrets)
+    if not verbose:
+        detach()
     sel = Selection(from_, until, list(only or []), list(force or []))
     runner = Runner(
-        r, workdir, progress_sink=progress_sink(), on_event=_print_event, shared_cache=_shared_cache(cache, r)
+        r,
+        workdir,
+        progress_sink=progress_sink(),
+        on_event=_print_event,
+        shared_cache=_shared_cache(cache, r),
+        quiet_libraries=not verbose,
     )
     try:
         if dry_run:
@@ -126,7 +134,7 @@ def run(
     except KeyboardInterrupt as e:
         typer.echo(f"stopped: {e}", err=True)
         raise typer.Exit(130) from None
-    stdout.print(summary_table(result.manifest, f"recipe {r.name}"))
+    console.stdout.print(summary_table(result.manifest, f"recipe {r.name}"))
     typer.echo(f"run directory: {runner.store.root}\nmanifest: {runner.store.manifest_path}")
     typer.echo(f"runner overhead: {result.runner_seconds:.2f}s (time outside the stages' own work)")
     if not result.ok:

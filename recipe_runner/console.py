@@ -4,6 +4,7 @@ lines otherwise (CI logs, pipes)."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -27,6 +28,19 @@ def redact_logs(secrets: frozenset[str]) -> None:
     if secrets:
         for h in logging.getLogger("recipe_runner").handlers:
             h.addFilter(RedactSecrets(secrets))
+
+
+def detach() -> None:
+    """Point the console (rich and the log handler) at private copies of the
+    terminal's file descriptors, so the runner can send fds 1 and 2 to a
+    stage's log file while the stage runs (recipe_runner.capture)."""
+    global stdout
+    err = os.fdopen(os.dup(2), "w", buffering=1)
+    console.file = err
+    stdout = Console(file=os.fdopen(os.dup(1), "w", buffering=1))
+    for h in logging.getLogger("recipe_runner").handlers:
+        if isinstance(h, logging.StreamHandler) and h.stream in (sys.stderr, sys.__stderr__):
+            h.setStream(err)
 
 
 def setup_logging(verbose: bool = False) -> None:

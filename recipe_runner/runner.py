@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import Artifact
+from .capture import library_output_to, summarize
 from .digests import DigestCache
 from .errors import RunError
 from .keys import run_settings
@@ -103,12 +104,14 @@ class Runner:
         progress_sink: ProgressSink | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         shared_cache: SharedCache | None = None,
+        quiet_libraries: bool = False,
     ):
         self.recipe = recipe
         self.store = RunStore(workdir, recipe.name)
         self.progress_sink = progress_sink
         self.on_event = on_event or (lambda event, data: None)
         self.shared_cache = shared_cache
+        self.quiet_libraries = quiet_libraries  # library output of a running stage goes to its log file
         self.digests: DigestCache | None = None
 
     def plan(self, sel: Selection | None = None) -> list[PlanItem]:
@@ -318,7 +321,7 @@ class Runner:
                 ctx.inputs = self._inputs(item, manifest)
                 if resumed:
                     stage_log.info("resuming: in-stage checkpoints found in %s", ckpt)
-                returned = s.stage_cls().run(ctx) or {}
+                returned = self._call_stage(s, ctx)
                 outputs = collect_outputs(s.stage_cls, s.params, ctx, returned)
                 self._check_unchanged(item, local_before)
                 self._commit(item, tmp, outputs, ctx.metrics, time.perf_counter() - t, resumed, entry)
@@ -349,7 +352,7 @@ class Runner:
         self.store.logs_dir.mkdir(parents=True, exist_ok=True)
         stage_log = logging.getLogger(f"recipe_runner.stage.{name}")
         fh = logging.FileHandler(self.store.logs_dir / f"{name}.log")
-        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        fh.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         if self.recipe.secrets:
             fh.addFilter(RedactSecrets(self.recipe.secrets))
         stage_log.addHandler(fh)
@@ -392,6 +395,18 @@ class Runner:
             artifact=view["artifact"],
             metrics=view["metrics"],
         )
+
+    def _call_stage(self, s: ResolvedStage, ctx: StageContext[Any]) -> Mapping[str, Artifact]:
+        if not self.quiet_libraries:
+            return s.stage_cls().run(ctx) or {}
+        log_file = self.store.logs_dir / f"{s.name}.log"
+        try:
+            with library_output_to(log_file) as captured:
+                return s.stage_cls().run(ctx) or {}
+        finally:
+            summary = summarize(captured, " recipe_runner.")
+            if summary:
+                ctx.log.info("%s went to %s", summary, log_file)
 
     def _check_unchanged(self, item: PlanItem, before: dict[str, list[list[int]]]) -> None:
         after = self._local_signatures(item)
