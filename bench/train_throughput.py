@@ -22,8 +22,11 @@ The stage must stay within 5% of the plain script (``--check`` makes that
 the exit status): the loop wall-clock ratio on a GPU, the median
 tokens-per-CPU-second ratio on a CPU.  On a CUDA device it also reports
 bf16 tokens/s and MFU (model FLOPs utilisation: 6 * parameters * tokens/s
-plus the attention term, over the device's peak dense bf16 FLOP/s).
+plus the attention term, over the device's peak dense bf16 FLOP/s; the
+accounting and the peak table are in bench/gpu_flops.py, shared with
+bench/gpu_check.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,10 +47,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "recipes" / "data"
 
-#: peak dense bf16 tensor FLOP/s by device name fragment (vendor data sheets)
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12,
-             "RTX 4090": 165e12, "V100": 125e12}
-
 
 def build_inputs(work: Path, seq_len: int, vocab: int, hidden: int, layers: int, seed: int):
     """Tokenizer (BPE trained on tinyshakespeare), packed rows, and a random
@@ -64,28 +63,48 @@ def build_inputs(work: Path, seq_len: int, vocab: int, hidden: int, layers: int,
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([text], trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<s>", "</s>", "<pad>"],
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                       show_progress=False))
+    tok.train_from_iterator(
+        [text],
+        trainers.BpeTrainer(
+            vocab_size=vocab,
+            special_tokens=["<s>", "</s>", "<pad>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     hf_tok.save_pretrained(str(work / "tokenizer"))
     docs = [d for d in text.split("\n\n") if d.strip()]
     ids = Dataset.from_dict({"text": docs}).map(
         lambda b: {"input_ids": [x + [hf_tok.eos_token_id] for x in hf_tok(b["text"])["input_ids"]]},
-        batched=True, remove_columns=["text"])
+        batched=True,
+        remove_columns=["text"],
+    )
 
     def chunk(batch):
         flat = [t for row in batch["input_ids"] for t in row]
         n = len(flat) // seq_len * seq_len
-        return {"input_ids": [flat[i:i + seq_len] for i in range(0, n, seq_len)]}
+        return {"input_ids": [flat[i : i + seq_len] for i in range(0, n, seq_len)]}
 
     rows = ids.map(chunk, batched=True, batch_size=20_000, remove_columns=["input_ids"])
     DatasetDict({"train": rows}).save_to_disk(str(work / "packed"))
     heads = max(1, hidden // 64)
-    init = run_stage(InitStage, {"config": {"num_hidden_layers": layers, "hidden_size": hidden,
-                                            "intermediate_size": 4 * hidden, "num_attention_heads": heads,
-                                            "num_key_value_heads": heads, "max_position_embeddings": seq_len}},
-                     inputs={"tokenizer": Artifact(TOKENIZER, work / "tokenizer")}, workdir=work / "init", seed=seed)
+    init = run_stage(
+        InitStage,
+        {
+            "config": {
+                "num_hidden_layers": layers,
+                "hidden_size": hidden,
+                "intermediate_size": 4 * hidden,
+                "num_attention_heads": heads,
+                "num_key_value_heads": heads,
+                "max_position_embeddings": seq_len,
+            }
+        },
+        inputs={"tokenizer": Artifact(TOKENIZER, work / "tokenizer")},
+        workdir=work / "init",
+        seed=seed,
+    )
     return init.outputs["model"], Artifact(PACKED_DATASET, work / "packed", meta={"max_seq_length": seq_len})
 
 
@@ -101,21 +120,36 @@ def plain_trainer(model_dir: Path, data_dir: Path, out: Path, params: dict, seed
     train = load_from_disk(str(data_dir))["train"]
     train = train.map(lambda b: {"labels": b["input_ids"]}, batched=True).with_format("torch")
     args = TrainingArguments(
-        output_dir=str(out), max_steps=params["max_steps"],
+        output_dir=str(out),
+        max_steps=params["max_steps"],
         per_device_train_batch_size=params["per_device_train_batch_size"],
         gradient_accumulation_steps=params.get("gradient_accumulation_steps", 1),
-        learning_rate=params["learning_rate"], lr_scheduler_type="linear", optim="adamw_torch",
-        logging_steps=params["logging_steps"], save_strategy="steps", save_steps=params["save_steps"],
-        bf16=params["precision"] == "bf16", use_cpu=params["device"] == "cpu", report_to="none",
-        seed=seed, data_seed=seed, disable_tqdm=True, gradient_checkpointing=False)
+        learning_rate=params["learning_rate"],
+        lr_scheduler_type="linear",
+        optim="adamw_torch",
+        logging_steps=params["logging_steps"],
+        save_strategy="steps",
+        save_steps=params["save_steps"],
+        bf16=params["precision"] == "bf16",
+        use_cpu=params["device"] == "cpu",
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        disable_tqdm=True,
+        gradient_checkpointing=False,
+    )
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=default_data_collator)
     c0 = time.process_time()
     result = trainer.train()
     cpu = time.process_time() - c0
     model.save_pretrained(str(out / "final"))
     wall = time.perf_counter() - t0
-    return {"train_runtime": result.metrics["train_runtime"], "train_cpu": cpu, "wall": wall,
-            "steps": trainer.state.global_step}
+    return {
+        "train_runtime": result.metrics["train_runtime"],
+        "train_cpu": cpu,
+        "wall": wall,
+        "steps": trainer.state.global_step,
+    }
 
 
 def stage_run(model, data, work: Path, params: dict, seed: int) -> dict:
@@ -125,21 +159,20 @@ def stage_run(model, data, work: Path, params: dict, seed: int) -> dict:
     t0 = time.perf_counter()
     res = run_stage(PretrainStage, params, inputs={"model": model, "dataset": data}, workdir=work, seed=seed)
     wall = time.perf_counter() - t0
-    return {"train_runtime": res.metrics["train_runtime_s"], "train_cpu": res.metrics["train_cpu_s"], "wall": wall,
-            "steps": res.metrics["global_step"]}
-
-
-def mfu(tokens_per_s: float, n_params: int, layers: int, hidden: int, seq_len: int, peak: float) -> float:
-    """PaLM-style model FLOPs utilisation: 6N per token for the weights plus
-    12 * layers * hidden * seq_len for attention scores / values."""
-    flops_per_token = 6 * n_params + 12 * layers * hidden * seq_len
-    return tokens_per_s * flops_per_token / peak
+    return {
+        "train_runtime": res.metrics["train_runtime_s"],
+        "train_cpu": res.metrics["train_cpu_s"],
+        "wall": wall,
+        "steps": res.metrics["global_step"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--warmup-steps", type=int, default=3, help="untimed steps before each measurement (compile, caches)")
+    ap.add_argument(
+        "--warmup-steps", type=int, default=3, help="untimed steps before each measurement (compile, caches)"
+    )
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=128)
@@ -147,9 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--vocab", type=int, default=2048)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads; default 1 on a CPU (stable CPU-time measurements on a shared host: "
-                    "idle OpenMP threads spin and inflate both wall and CPU time when cores are contended)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads; default 1 on a CPU (stable CPU-time measurements on a shared host: "
+        "idle OpenMP threads spin and inflate both wall and CPU time when cores are contended)",
+    )
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     ap.add_argument("--check", action="store_true", help="exit 1 if the stage is more than 5%% slower")
@@ -165,50 +202,79 @@ def main(argv: list[str] | None = None) -> int:
     work = a.workdir or Path(tempfile.mkdtemp(prefix="bench_tp_"))
     work.mkdir(parents=True, exist_ok=True)
     model, data = build_inputs(work, a.seq_len, a.vocab, a.hidden, a.layers, a.seed)
-    params = {"max_steps": a.steps, "per_device_train_batch_size": a.batch, "learning_rate": 5e-4,
-              "logging_steps": 10, "save_steps": 10_000, "precision": precision,
-              "device": "cuda" if cuda else "cpu", "report_to": ["none"]}
+    params = {
+        "max_steps": a.steps,
+        "per_device_train_batch_size": a.batch,
+        "learning_rate": 5e-4,
+        "logging_steps": 10,
+        "save_steps": 10_000,
+        "precision": precision,
+        "device": "cuda" if cuda else "cpu",
+        "report_to": ["none"],
+    }
     tokens = a.steps * a.batch * a.seq_len
-    print(f"device={'cuda:' + torch.cuda.get_device_name(0) if cuda else 'cpu'} precision={precision} "
-          f"threads={torch.get_num_threads()} params={model.meta['num_parameters']:,} steps={a.steps} "
-          f"batch={a.batch} seq_len={a.seq_len} tokens/run={tokens:,}")
+    print(
+        f"device={'cuda:' + torch.cuda.get_device_name(0) if cuda else 'cpu'} precision={precision} "
+        f"threads={torch.get_num_threads()} params={model.meta['num_parameters']:,} steps={a.steps} "
+        f"batch={a.batch} seq_len={a.seq_len} tokens/run={tokens:,}"
+    )
     # warm-up (allocators, kernels, imports) outside the measurement
     plain_trainer(model.path, data.path, work / "warm", {**params, "max_steps": a.warmup_steps}, a.seed)
     runs: dict[str, list[dict]] = {"plain": [], "stage": []}
     for r in range(a.repeats):
-        for kind in (("plain", "stage") if r % 2 == 0 else ("stage", "plain")):
+        for kind in ("plain", "stage") if r % 2 == 0 else ("stage", "plain"):
             d = work / f"{kind}{r}"
             shutil.rmtree(d, ignore_errors=True)
-            out = (plain_trainer(model.path, data.path, d, params, a.seed) if kind == "plain"
-                   else stage_run(model, data, d, params, a.seed))
+            out = (
+                plain_trainer(model.path, data.path, d, params, a.seed)
+                if kind == "plain"
+                else stage_run(model, data, d, params, a.seed)
+            )
             assert out["steps"] == a.steps, out
             out["loop_tok_s"] = tokens / out["train_runtime"]
             out["e2e_tok_s"] = tokens / out["wall"]
             out["cpu_tok_s"] = tokens / out["train_cpu"]
             runs[kind].append(out)
-            print(f"  run {r} {kind:5s}: loop {out['loop_tok_s']:9.1f} tok/s   end-to-end {out['e2e_tok_s']:9.1f} tok/s"
-                  f"   per CPU-second {out['cpu_tok_s']:9.1f} tok/s")
+            print(
+                f"  run {r} {kind:5s}: loop {out['loop_tok_s']:9.1f} tok/s   end-to-end {out['e2e_tok_s']:9.1f} tok/s"
+                f"   per CPU-second {out['cpu_tok_s']:9.1f} tok/s"
+            )
     best = {k: max(v, key=lambda o: o["loop_tok_s"]) for k, v in runs.items()}
     ratio_loop = best["stage"]["loop_tok_s"] / best["plain"]["loop_tok_s"]
     med = {k: statistics.median(o["loop_tok_s"] for o in v) for k, v in runs.items()}
     ratio_e2e = max(o["e2e_tok_s"] for o in runs["stage"]) / max(o["e2e_tok_s"] for o in runs["plain"])
     cpu_med = {k: statistics.median(o["cpu_tok_s"] for o in v) for k, v in runs.items()}
     ratio_cpu = cpu_med["stage"] / cpu_med["plain"]
-    result = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "precision": precision,
-              "num_parameters": model.meta["num_parameters"], "tokens_per_run": tokens,
-              "plain_loop_tok_s": best["plain"]["loop_tok_s"], "stage_loop_tok_s": best["stage"]["loop_tok_s"],
-              "ratio_loop": ratio_loop, "ratio_loop_median": med["stage"] / med["plain"], "ratio_end_to_end": ratio_e2e,
-              "plain_cpu_tok_s": cpu_med["plain"], "stage_cpu_tok_s": cpu_med["stage"], "ratio_cpu": ratio_cpu}
+    result = {
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "precision": precision,
+        "num_parameters": model.meta["num_parameters"],
+        "tokens_per_run": tokens,
+        "plain_loop_tok_s": best["plain"]["loop_tok_s"],
+        "stage_loop_tok_s": best["stage"]["loop_tok_s"],
+        "ratio_loop": ratio_loop,
+        "ratio_loop_median": med["stage"] / med["plain"],
+        "ratio_end_to_end": ratio_e2e,
+        "plain_cpu_tok_s": cpu_med["plain"],
+        "stage_cpu_tok_s": cpu_med["stage"],
+        "ratio_cpu": ratio_cpu,
+    }
     if cuda:
-        name = torch.cuda.get_device_name(0)
-        peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+        # FLOP accounting shared with bench/gpu_check.py (bench/gpu_flops.py: 6N + 12 L H Q T, N without
+        # the input-embedding lookup)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from gpu_flops import model_flops_per_token, peak_bf16_flops
+
+        peak = peak_bf16_flops(torch.cuda.get_device_name(0))
+        config = json.loads((Path(model.path) / "config.json").read_text())
+        per_token = model_flops_per_token(config, model.meta["num_parameters"], a.seq_len)["flops_per_token"]
         if peak:
-            result["mfu_stage"] = mfu(best["stage"]["loop_tok_s"], model.meta["num_parameters"], a.layers,
-                                      a.hidden, a.seq_len, peak)
-            result["mfu_plain"] = mfu(best["plain"]["loop_tok_s"], model.meta["num_parameters"], a.layers,
-                                      a.hidden, a.seq_len, peak)
-    print(f"stage / plain loop tokens/s: {ratio_loop:.3f} (best of {a.repeats}; median ratio "
-          f"{result['ratio_loop_median']:.3f}); end-to-end: {ratio_e2e:.3f}; per CPU-second (median): {ratio_cpu:.3f}")
+            result["mfu_stage"] = best["stage"]["loop_tok_s"] * per_token / peak
+            result["mfu_plain"] = best["plain"]["loop_tok_s"] * per_token / peak
+    print(
+        f"stage / plain loop tokens/s: {ratio_loop:.3f} (best of {a.repeats}; median ratio "
+        f"{result['ratio_loop_median']:.3f}); end-to-end: {ratio_e2e:.3f}; per CPU-second (median): {ratio_cpu:.3f}"
+    )
     if "mfu_stage" in result:
         print(f"MFU ({precision}): stage {result['mfu_stage']:.1%}, plain {result['mfu_plain']:.1%}")
     if a.workdir is None:
@@ -217,8 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     # CPU-second (wall clock on a shared CPU host swings by 2x between identical runs)
     verdict = ratio_loop if cuda else ratio_cpu
     result["verdict_ratio"] = verdict
-    print(f"verdict ratio ({'loop wall clock' if cuda else 'tokens per CPU-second'}): {verdict:.3f} "
-          f"({'within' if verdict >= 0.95 else 'OUTSIDE'} 5%)")
+    print(
+        f"verdict ratio ({'loop wall clock' if cuda else 'tokens per CPU-second'}): {verdict:.3f} "
+        f"({'within' if verdict >= 0.95 else 'OUTSIDE'} 5%)"
+    )
     if a.json:
         a.json.write_text(json.dumps(result, indent=1))
     if a.check and verdict < 0.95:
