@@ -24,6 +24,7 @@ from .located_yaml import Loc, LocDict, LocList, load_located, loads_located, lo
 from .redaction import SECRET_NAME_RE, redact
 from .registry import PluginError, Registry, default_registry
 from .stage import Facts, Input, Params, PlanView, Stage, Upstream
+from .tracking import TrackingSpec, missing_package
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # fullmatch: names become directory names
 NAME_RULE = "must start with a letter or digit, use only letters, digits, '.', '_' and '-', and be at most 100 long"
@@ -61,6 +62,9 @@ class RecipeSpec(BaseModel):
         None,
         description="a shared stage cache (a directory, file:// or s3://bucket/prefix) that runs pull finished "
         "stages from and push them to; --cache and RECIPE_CACHE override it",
+    )
+    tracking: TrackingSpec | None = Field(
+        None, description="experiment tracking for every stage: {backend: wandb|mlflow|tensorboard, project, dir}"
     )
     secrets: list[str] = Field(
         default_factory=list,
@@ -110,6 +114,7 @@ class Recipe:
     merged: dict[str, Any] = field(default_factory=dict)  # after extends/--set/vars, plain
     secrets: frozenset[str] = frozenset()  # values from secret environment variables: redacted on output
     cache: str | None = None  # the recipe's shared stage cache URL
+    tracking: TrackingSpec | None = None
 
     def stage(self, name: str) -> ResolvedStage:
         for s in self.stages:
@@ -598,6 +603,9 @@ def load_recipe(
     defaults = spec.defaults if spec else (plain.get("defaults") if isinstance(plain.get("defaults"), dict) else {})
     file_loc = (str(path), None, None)
     recipe_name = spec.name if spec else str(plain.get("name", ""))
+    if spec and spec.tracking and (why_not := missing_package(spec.tracking)):
+        f, line, col = locate(data, ("tracking", "backend")) or file_loc
+        problems.append(Problem(why_not, f, line, col, field="tracking.backend"))
     if recipe_name and not NAME_RE.fullmatch(recipe_name):
         f, line, col = locate(data, ("name",)) or file_loc
         problems.append(Problem(f"recipe name {recipe_name[:120]!r} {NAME_RULE}", f, line, col, field="name"))
@@ -622,6 +630,7 @@ def load_recipe(
         plain,
         frozenset(secrets),
         spec.cache,
+        spec.tracking,
     )
     return recipe
 

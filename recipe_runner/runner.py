@@ -30,6 +30,7 @@ from .redaction import RedactSecrets, redact
 from .shared_cache import SharedCache
 from .stage import Lineage, Params, ProgressSink, Stage, StageContext, StageError, StageRef, UpstreamRecord
 from .store import RunStore
+from .tracking import Tracking
 
 log = logging.getLogger("recipe_runner")
 
@@ -112,6 +113,7 @@ class Runner:
         self.on_event = on_event or (lambda event, data: None)
         self.shared_cache = shared_cache
         self.quiet_libraries = quiet_libraries  # library output of a running stage goes to its log file
+        self.tracking = Tracking(recipe.tracking, recipe.name, self.store.root) if recipe.tracking else None
         self.digests: DigestCache | None = None
 
     def plan(self, sel: Selection | None = None) -> list[PlanItem]:
@@ -318,6 +320,9 @@ class Runner:
                 progress_sink=self.progress_sink,
             )
             try:
+                if self.tracking is not None and not self.store.rank:
+                    config = self.recipe.stage_params_json(s)
+                    ctx.tracker = self.tracking.open(s.name, s.type, ckpt, config)
                 ctx.inputs = self._inputs(item, manifest)
                 if resumed:
                     stage_log.info("resuming: in-stage checkpoints found in %s", ckpt)
@@ -343,6 +348,9 @@ class Runner:
                 if interrupted:
                     raise KeyboardInterrupt(msg) from None
                 return False, seconds
+            finally:
+                if ctx.tracker is not None:
+                    ctx.tracker.finish(_jsonable(ctx.metrics))
         self.store.write_manifest(manifest)
         return True, time.perf_counter() - t
 

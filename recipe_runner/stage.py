@@ -169,6 +169,7 @@ class StageContext(Generic[P]):
     recipe_name: str = ""
     lineage: Lineage | None = None
     progress_sink: ProgressSink | None = None
+    tracker: Any = None  # the stage's experiment-tracker run, when the recipe has `tracking:`
 
     def output_path(self, output: str) -> Path:
         """Directory where the stage writes the named output (created)."""
@@ -181,6 +182,12 @@ class StageContext(Generic[P]):
         if art is None:
             raise KeyError(f"stage {self.name!r} has no input {slot!r}")
         return art
+
+    def track(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Report a point of a time series (loss, learning rate...) to the
+        recipe's experiment tracker; a no-op when the recipe tracks nothing."""
+        if self.tracker is not None:
+            self.tracker.log(step, metrics)
 
     def progress(self, description: str, total: float | None = None) -> _ProgressCM:
         return _ProgressCM(Progress(self.progress_sink, description, total), self.progress_sink)

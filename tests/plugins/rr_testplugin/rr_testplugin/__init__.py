@@ -70,6 +70,7 @@ class Count(Stage):
                 os.replace(tmp, state_file)
                 (ctx.checkpoint_dir / "progress.log").open("a").write(f"{os.getpid()} {i}\n")
                 bar.advance()
+                ctx.track(i, {"value": done[-1]})
         out = ctx.output_path("numbers")
         (out / "numbers.json").write_text(json.dumps(done))
         ctx.metrics["count"] = len(done)
