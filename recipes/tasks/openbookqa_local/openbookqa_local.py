@@ -3,6 +3,7 @@ recipes/data/openbookqa.jsonl, for lm-eval offline; scored like lm-eval's
 ``openbookqa`` (acc and length-normalised acc_norm over the choices).
 The data file resolves relative to this module; ``dataset_kwargs:
 {data_file: ...}`` overrides it."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,8 +14,10 @@ DATA_FILE = Path(__file__).resolve().parents[2] / "data" / "openbookqa.jsonl"
 def _flatten(batch: dict) -> dict:
     return {
         "question_stem": [q["stem"] for q in batch["question"]],
-        "choices": [{"text": [c["text"] for c in q["choices"]], "label": [c["label"] for c in q["choices"]]}
-                    for q in batch["question"]],
+        "choices": [
+            {"text": [c["text"] for c in q["choices"]], "label": [c["label"] for c in q["choices"]]}
+            for q in batch["question"]
+        ],
     }
 
 

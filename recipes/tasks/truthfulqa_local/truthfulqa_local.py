@@ -12,6 +12,7 @@ against the incorrect ones (accuracy of the single best choice).
 The data file resolves relative to this module, so it works wherever the
 package is installed; ``dataset_kwargs: {data_file: ...}`` overrides it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,7 +33,9 @@ def _answers(cell: str | None) -> list[str]:
 
 def _targets(batch: dict) -> dict:
     mc1, mc2 = [], []
-    for best, true, false in zip(batch["Best Answer"], batch["Correct Answers"], batch["Incorrect Answers"]):
+    for best, true, false in zip(
+        batch["Best Answer"], batch["Correct Answers"], batch["Incorrect Answers"], strict=True
+    ):
         t, f = _answers(true), _answers(false)
         b = _answers(best)[:1]
         mc1.append({"choices": b + f, "labels": [1] * len(b) + [0] * len(f)})
@@ -43,11 +46,12 @@ def _targets(batch: dict) -> dict:
 def load(data_file: str | None = None, **_: object):
     """lm-eval ``custom_dataset``: a DatasetDict with a 'validation' split."""
     import datasets
+    import pandas as pd
 
     path = Path(data_file) if data_file else DATA_FILE
     if not path.is_file():
         raise FileNotFoundError(f"TruthfulQA CSV not found at {path}")
-    frame = __import__("pandas").read_csv(path, keep_default_na=False)
+    frame = pd.read_csv(path, keep_default_na=False)
     ds = datasets.Dataset.from_pandas(frame, preserve_index=False)
     ds = ds.map(_targets, batched=True, remove_columns=ds.column_names)
     return datasets.DatasetDict({"validation": ds})

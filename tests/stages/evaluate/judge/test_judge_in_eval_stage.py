@@ -1,0 +1,71 @@
+"""The judge in the eval stage: the `judge:` section, the `baseline` and
+`judge_model` inputs, the saved verdict table and the metrics, and the
+validate-time check that the judge has its models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from recipe_runner.artifacts import MODEL, Artifact
+from recipe_runner.errors import RecipeError
+from recipe_runner.recipe import load_recipe
+from recipe_runner.testing import run_stage
+from recipe_runner_stages.evaluate.stage import EvalStage
+
+
+@pytest.mark.parametrize("mode", ["score", "compare"])
+def test_eval_runs_the_judge(mode, tiny_model_dir, tmp_path, instruction_file):
+    model = Artifact(MODEL, tiny_model_dir)
+    judge = {
+        "mode": mode,
+        "data": str(instruction_file(3)),
+        "num_examples": 2,
+        "response_max_new_tokens": 4,
+        "max_new_tokens": 4,
+        "device": "cpu",
+        "precision": "fp32",
+    }
+    inputs = {"model": model, "judge_model": model}
+    if mode == "compare":
+        inputs["baseline"] = model
+        judge.update(label_a="before", label_b="after")
+    res = run_stage(
+        EvalStage,
+        {"perplexity": False, "device": "cpu", "precision": "fp32", "judge": judge},
+        inputs=inputs,
+        workdir=tmp_path / "w",
+    )
+    out = res.outputs["report"].path
+    rows = [json.loads(line) for line in (out / "judge.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and (out / "judge.csv").exists()
+    report = json.loads((out / "report.json").read_text())
+    assert report["judge"]["metrics"]["judge_mode"] == mode
+    m = res.metrics
+    if mode == "score":
+        assert all("response" in r and "score" in r for r in rows)
+        assert m["judge_scored"] + m["judge_unparsed"] == 2
+    else:
+        assert all({"response_a", "response_b", "winner"} <= set(r) for r in rows)
+        # the same model on both sides gives the same responses
+        assert all(r["response_a"] == r["response_b"] for r in rows)
+        assert m["judge_consistent"] + m["judge_flipped"] + m["judge_unparsed"] >= 2
+
+
+def test_judge_needs_its_models_at_validate_time(tmp_path, instruction_file):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""
+name: r
+stages:
+  - type: init
+    params: {{config: {{num_hidden_layers: 1, hidden_size: 32, intermediate_size: 64, num_attention_heads: 2,
+                       num_key_value_heads: 2, vocab_size: 300}}}}
+  - type: eval
+    params:
+      judge: {{mode: compare, data: {instruction_file(3)}}}
+""")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(recipe)
+    text = e.value.format()
+    assert "judge: no judge model" in text and "compare mode needs a second model" in text
