@@ -10,9 +10,11 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel
 
 from recipe_runner import Artifact
 
@@ -25,13 +27,27 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def result_params(params: BaseModel, exclude: Collection[str] = ()) -> dict[str, Any]:
+    """The parameters that change what a stage computes, as JSON: the fields
+    marked as run settings (``recipe_runner.run_setting``) are left out, by the
+    function the engine's stage keys leave them out with, and so are the
+    top-level fields in ``exclude``."""
+    from recipe_runner.keys import split_params
+
+    key, _ = split_params(params)
+    return {name: value for name, value in key.items() if name not in exclude}
+
+
 def artifact_identity(art: Artifact | None) -> dict[str, Any]:
-    """What identifies an upstream artifact's content for a shard key: its
-    fingerprint when the runner knows it, else its path and the sizes and
-    mtimes of the JSON files ``save_to_disk`` writes."""
+    """What identifies an upstream artifact's content for a shard key: the key
+    of the stage that made it when the runner knows it (it says what the
+    artifact holds, wherever the run directory is), else its path and the
+    sizes and mtimes of the JSON files ``save_to_disk`` writes."""
     if art is None:
         return {}
-    ident: dict[str, Any] = {"path": str(art.path), "fingerprint": art.fingerprint}
+    if art.fingerprint:
+        return {"fingerprint": art.fingerprint}
+    ident: dict[str, Any] = {"path": str(art.path)}
     p = Path(art.path)
     stamps = []
     if p.is_dir():
@@ -46,10 +62,11 @@ def artifact_identity(art: Artifact | None) -> dict[str, Any]:
 class ShardStore:
     """Finished shards of one stage run, kept under the checkpoint directory.
 
-    ``key`` is everything the shards' content depends on (params, inputs);
-    a store opened with a different key starts empty.  A shard is written
-    into a temporary directory and renamed into place when complete, so a
-    kill never leaves a half-written shard that looks finished.
+    ``key`` is everything the shards' content depends on (the parameters
+    but the run settings, the input); a store opened with a different key
+    starts empty.  A shard is written into a temporary directory and renamed
+    into place when complete, so a kill never leaves a half-written shard
+    that looks finished.
     """
 
     def __init__(self, root: Path, key: Any, log: Any = None):

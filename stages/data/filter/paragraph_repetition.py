@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from .arrow_text import PY_WHITESPACE, counts_per_document
-from .base import DocumentFilter, FilterDecision, FilterOptions
+from .base import DocumentFilter, FilterDecision, FilterOptions, Fraction
 
 
 class ParagraphRepetitionOptions(FilterOptions):
@@ -15,12 +15,11 @@ class ParagraphRepetitionOptions(FilterOptions):
     paragraphs are split on two or more newlines after stripping the text."""
 
     type: Literal["paragraph_repetition"] = Field(description="'paragraph_repetition'")
-    max_duplicate_paragraph_fraction: float = Field(
-        0.3, ge=0, description="Drop when repeated paragraphs / paragraphs exceeds this (course: 0.3)."
+    max_duplicate_paragraph_fraction: Fraction = Field(
+        0.3, description="Drop when repeated paragraphs / paragraphs exceeds this (course: 0.3)."
     )
-    max_duplicate_char_fraction: float = Field(
+    max_duplicate_char_fraction: Fraction = Field(
         0.2,
-        ge=0,
         description="Drop when characters in repeated paragraphs / all characters exceeds this (course: 0.2).",
     )
 

@@ -6,7 +6,7 @@ their own modules beside this one."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,15 @@ class FilterStage(Stage[FilterParams]):
     inputs = {"dataset": Input(DATASET, description="Documents to filter.")}
     outputs = {"dataset": DATASET}
 
+    @classmethod
+    def local_inputs(cls, params: FilterParams) -> Mapping[str, Path]:
+        """The local files the filters' options name (a language model file...)."""
+        return {
+            f"filters.{i}.{option}": path
+            for i, f in enumerate(params.filters)
+            for option, path in f.local_inputs().items()
+        }
+
     @with_quiet_datasets
     def run(self, ctx: StageContext[FilterParams]) -> dict[str, Artifact]:
         p = ctx.params
@@ -98,7 +107,7 @@ class FilterStage(Stage[FilterParams]):
         specs_json = json.dumps([f.model_dump(mode="json") for f in p.filters])
         filters = _build_filters(specs_json)  # here, so a broken option fails before any work
         edits = any(f.edits_text for f in filters)
-        store = open_shard_store(ctx, "filter", self.version, p, art, exclude={"num_proc", "shard_size"})
+        store = open_shard_store(ctx, "filter", self.version, p, art)
         costly = not all(f.vectorised for f in filters)
         min_bytes = AUTO_PARALLEL_MIN_BYTES_COSTLY if costly else AUTO_PARALLEL_MIN_BYTES
         plan = plan_dataset(dd, p.text_column, p.shard_size, p.num_proc, min_bytes=min_bytes)

@@ -48,15 +48,19 @@ from recipe_runner import (
 from ...common.datasets import load_dataset_dict, require_column
 from ..arrow_io import load_arrow, save_dataset_dict
 from ..metrics import order_metrics
-from ..params import shard_size_field
+from ..params import MAX_BATCH_SIZE
 from ..progress_bars import with_quiet_datasets
-from ..shard_store import ShardStore, artifact_identity
+from ..shard_store import ShardStore, artifact_identity, result_params
 from ..shards import shard_ranges
 from .bfd import pack_bfd
 from .rows import row_features, token_batches, write_rows
 from .stream import RowStreamer
 
 Mode = Literal["concat", "document", "bfd", "sliding"]
+#: tokens per row beyond any model's context (64 MiB of ids per row)
+MAX_SEQ_LENGTH = 2**24
+#: ids are stored as int32
+MAX_TOKEN_ID = 2**31 - 1
 
 COLUMNS = {
     "concat": ("input_ids",),
@@ -76,10 +80,13 @@ class PackParams(Params):
             "with labels/position_ids), 'sliding' (windows every 'stride' tokens)."
         ),
     )
-    max_seq_length: int = Field(1024, ge=2, description="Tokens per row (the course used 32).")
+    max_seq_length: int = Field(
+        1024, ge=2, le=MAX_SEQ_LENGTH, description="Tokens per row (the course used 32; at most 2**24)."
+    )
     stride: int | None = Field(
         None,
         ge=1,
+        le=MAX_SEQ_LENGTH,
         description=(
             "Sliding mode: tokens between window starts (default: max_seq_length, i.e. no overlap). The "
             "workshop's GPTDatasetV1(max_length=M, stride=S) pairs are exactly these rows with "
@@ -99,7 +106,10 @@ class PackParams(Params):
         ),
     )
     pad_token_id: int | None = Field(
-        None, description="BFD mode: the padding id (default: the tokenizer's, from the tokenized dataset's metadata)."
+        None,
+        ge=0,
+        le=MAX_TOKEN_ID,
+        description="BFD mode: the padding id (default: the tokenizer's, from the tokenized dataset's metadata).",
     )
     export_parquet: bool = Field(
         False,
@@ -107,8 +117,24 @@ class PackParams(Params):
             "Also write each split as parquet/<split>.parquet inside the output (the course saved a parquet file)."
         ),
     )
-    batch_size: int = Field(10_000, ge=1, description="Documents read per Arrow batch.")
-    shard_size: int = shard_size_field(200_000)
+    batch_size: int = Field(
+        10_000,
+        ge=1,
+        le=MAX_BATCH_SIZE,
+        description=(
+            "Documents read per Arrow batch. Not a run setting: 'bfd' packs each batch on its own, so the "
+            "batch size changes which documents share a row."
+        ),
+    )
+    shard_size: int = Field(
+        200_000,
+        ge=1,
+        description=(
+            "At most this many documents per checkpoint shard; each finished shard is kept in the stage's "
+            "checkpoint directory, so a run that is killed midway redoes only the unfinished shards. Not a run "
+            "setting: 'bfd' packs each shard on its own."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PackParams:
@@ -179,7 +205,7 @@ class PackStage(Stage[PackParams]):
         key = {
             "stage": "pack",
             "v": self.version,
-            "params": p.model_dump(mode="json"),
+            "params": result_params(p),
             "pad": pad,
             "input": artifact_identity(art),
         }

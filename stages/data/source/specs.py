@@ -9,6 +9,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
+#: documents a source or a mix may ask for: more is beyond what one process holds the sample indices of
+MAX_DOCUMENTS = 10**10
+
 
 class SourceOptions(BaseModel):
     """What every source has: its label, text column, size cap, share of the mix and kept columns."""
@@ -32,14 +35,17 @@ class SourceOptions(BaseModel):
     count: int | None = Field(
         None,
         ge=0,
+        le=MAX_DOCUMENTS,
         description=(
             "Take exactly this many documents from this source (a seeded sample without replacement; "
-            "a count above the number available repeats the source: whole passes plus a seeded sample)."
+            "a count above the number available repeats the source: whole passes plus a seeded sample; "
+            "0 leaves the source out of the mix). At most 10**10."
         ),
     )
     weight: float | None = Field(
         None,
         gt=0,
+        allow_inf_nan=False,
         description=(
             "Mixing weight: the source's share of the stage's 'total' documents. Either every source has a "
             "weight or none has; weights and counts are not mixed."
@@ -143,7 +149,7 @@ class HubSource(SourceOptions):
     split: str = Field("train", description="Split to read.")
     revision: str | None = Field(None, description="Git revision (branch, tag or commit) of the dataset repo.")
     streaming: bool = Field(False, description="Stream instead of downloading the whole split (use with 'take').")
-    take: int | None = Field(None, ge=1, description="Read only the first N rows.")
+    take: int | None = Field(None, ge=1, description="Read only the first N rows (from 1).")
 
 
 def source_kind(v: Any) -> str:

@@ -9,6 +9,10 @@ source (for files: each 500 files) is a checkpoint shard.
 from __future__ import annotations
 
 import functools
+import math
+import os
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,11 +24,11 @@ from recipe_runner import DATASET, Artifact, Params, Stage, StageContext, StageE
 from ..arrow_io import kept_rows, load_arrow, save_dataset_dict, save_streamed
 from ..metrics import order_metrics
 from ..progress_bars import with_quiet_datasets
-from ..shard_store import ShardStore
-from .files import default_name, file_format, match_files
+from ..shard_store import ShardStore, result_params
+from .files import SourceFiles, default_name, describe_skipped, file_format, files_in_key, match_files
 from .hub import read_hub
 from .mixing import align_columns, plan_counts, sample_indices, split_indices
-from .specs import FilesSource, HubSource, SourceSpec
+from .specs import MAX_DOCUMENTS, FilesSource, HubSource, SourceSpec
 from .structured import read_structured
 from .text_files import read_text_files
 from .writer import COUNTERS, DocumentWriter, new_counts
@@ -44,9 +48,10 @@ class SourceParams(Params):
     total: int | None = Field(
         None,
         ge=1,
+        le=MAX_DOCUMENTS,
         description=(
             "Documents in the mix when the sources have weights (default: as many as the data allows "
-            "without repeating any source)."
+            "without repeating any source). At most 10**10."
         ),
     )
     shuffle: bool = Field(
@@ -60,7 +65,7 @@ class SourceParams(Params):
         ),
     )
     seed: int | None = Field(
-        None, description="Seed for sampling, shuffling and the split (default: the recipe's seed)."
+        None, ge=0, description="Seed for sampling, shuffling and the split, from 0 (default: the recipe's seed)."
     )
 
     @field_validator("validation")
@@ -68,12 +73,14 @@ class SourceParams(Params):
     def _check_validation(cls, v: Any) -> Any:
         if v is None:
             return v
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError("validation must be a fraction in (0, 1) or a count >= 1, not infinite or NaN")
         if isinstance(v, float) and not v.is_integer():
             if not 0 < v < 1:
                 raise ValueError("a validation fraction must be between 0 and 1; a count must be a whole number")
             return v
-        if int(v) < 1:
-            raise ValueError("validation must be a fraction in (0, 1) or a count >= 1")
+        if not 1 <= int(v) <= MAX_DOCUMENTS:
+            raise ValueError("validation must be a fraction in (0, 1) or a count from 1 to 10**10")
         return int(v)
 
     @model_validator(mode="after")
@@ -91,11 +98,12 @@ class SourceParams(Params):
 
 @dataclass
 class _Read:
-    """What reading the sources gave: a Dataset per source, the summed counters, the skipped files."""
+    """What reading the sources gave: a Dataset per source, the summed
+    counters, the files skipped as undecodable."""
 
     datasets: list[Any]
     counts: dict[str, int] = field(default_factory=new_counts)
-    skipped_files: list[str] = field(default_factory=list)
+    undecodable: list[str] = field(default_factory=list)
 
 
 class SourceStage(Stage[SourceParams]):
@@ -109,10 +117,16 @@ class SourceStage(Stage[SourceParams]):
     outputs = {"dataset": DATASET}
 
     @classmethod
-    def fingerprint_extra(cls, params: SourceParams) -> Any:
-        """(path, size, mtime_ns) of every matched local file: editing a data
-        file invalidates the cached output.  Stat calls only."""
-        return [_file_stats(spec) if isinstance(spec, FilesSource) else None for spec in params.sources]
+    def local_inputs(cls, params: SourceParams) -> Mapping[str, Path]:
+        """Every local file the sources read, and a hub source's dataset where it
+        names a local directory (their content is the key, not their paths)."""
+        out: dict[str, Path] = {}
+        for i, spec in enumerate(params.sources):
+            if isinstance(spec, FilesSource):
+                out.update(files_in_key(spec, f"sources.{i}.path"))
+            elif Path(spec.dataset).expanduser().exists():  # a dataset directory 'datasets' loads locally
+                out[f"sources.{i}.dataset"] = Path(spec.dataset).expanduser()
+        return out
 
     @with_quiet_datasets
     def run(self, ctx: StageContext[SourceParams]) -> dict[str, Artifact]:
@@ -121,14 +135,10 @@ class SourceStage(Stage[SourceParams]):
         p = ctx.params
         seed = ctx.seed if p.seed is None else p.seed
         names = _source_names(p.sources)
-        key = {
-            "stage": "source",
-            "v": self.version,
-            "params": p.model_dump(mode="json"),
-            "files": self.fingerprint_extra(p),
-        }
-        store = ShardStore(ctx.checkpoint_dir / "source-shards", key, ctx.log)
-        read = _read_sources(ctx, names, store)
+        matched = [match_files(spec) if isinstance(spec, FilesSource) else None for spec in p.sources]
+        skipped = _report_skipped(matched, ctx.log)
+        store = ShardStore(ctx.checkpoint_dir / "source-shards", _store_key(self.version, p, matched), ctx.log)
+        read = _read_sources(ctx, names, matched, store)
         per_source = align_columns(read.datasets, names)
         avail = [len(d) for d in per_source]
         for name, n in zip(names, avail, strict=True):
@@ -143,6 +153,7 @@ class SourceStage(Stage[SourceParams]):
         splits = _save_splits(mixed, p.validation, rng, out)
         m = ctx.metrics
         m.update(read.counts)
+        m["skipped_files"] = skipped
         for name, n, k in zip(names, avail, counts, strict=True):
             m[f"documents.{name}"] = int(k)
             m[f"available.{name}"] = int(n)
@@ -155,16 +166,26 @@ class SourceStage(Stage[SourceParams]):
         return {"dataset": Artifact(DATASET, out, meta=meta)}
 
 
-def _file_stats(spec: FilesSource) -> Any:
-    try:
-        files = match_files(spec)
-    except StageError as e:
-        return {"error": str(e)}
-    stats = []
-    for f in files:
-        st = f.stat()
-        stats.append((str(f), st.st_size, st.st_mtime_ns))
-    return stats
+def _store_key(version: str, p: SourceParams, matched: list[SourceFiles | None]) -> dict[str, Any]:
+    """What the source shards hold: the parameters and the size and mtime of every file read."""
+    files = [[(str(f), *_size_and_mtime(f)) for f in m.files] if m else None for m in matched]
+    return {"stage": "source", "v": version, "params": result_params(p), "files": files}
+
+
+def _size_and_mtime(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _report_skipped(matched: list[SourceFiles | None], log: Any) -> dict[str, int]:
+    """The paths under the sources' roots passed over, by reason (logged)."""
+    skipped: Counter[str] = Counter()
+    for m in matched:
+        if m is not None:
+            skipped.update(m.skipped)
+    if skipped:
+        log.warning("passed over %d path(s) under the sources' roots: %s", skipped.total(), describe_skipped(skipped))
+    return dict(sorted(skipped.items()))
 
 
 def _source_names(sources: list[FilesSource | HubSource]) -> list[str]:
@@ -178,19 +199,20 @@ def _source_names(sources: list[FilesSource | HubSource]) -> list[str]:
     return names
 
 
-def _read_sources(ctx: StageContext[SourceParams], names: list[str], store: ShardStore) -> _Read:
+def _read_sources(
+    ctx: StageContext[SourceParams], names: list[str], matched: list[SourceFiles | None], store: ShardStore
+) -> _Read:
     """Read every source shard (reusing finished ones) into a Dataset per source."""
     from datasets import concatenate_datasets
 
     sources = ctx.params.sources
     jobs: list[tuple[int, str, list[Path] | None]] = []  # (source index, shard name, files)
-    for i, spec in enumerate(sources):
-        if isinstance(spec, FilesSource):
-            matched = match_files(spec)
-            for j in range(0, len(matched), FILES_PER_SHARD):
-                jobs.append((i, f"src{i:03d}-{j // FILES_PER_SHARD:05d}", matched[j : j + FILES_PER_SHARD]))
-        else:
+    for i, m in enumerate(matched):
+        if m is None:  # a hub dataset: one shard
             jobs.append((i, f"src{i:03d}-00000", None))
+            continue
+        for j in range(0, len(m.files), FILES_PER_SHARD):
+            jobs.append((i, f"src{i:03d}-{j // FILES_PER_SHARD:05d}", m.files[j : j + FILES_PER_SHARD]))
     parts: dict[int, list[Any]] = {i: [] for i in range(len(sources))}
     read = _Read(datasets=[])
     with ctx.progress("source: reading", total=len(jobs)) as prog:
@@ -199,14 +221,14 @@ def _read_sources(ctx: StageContext[SourceParams], names: list[str], store: Shar
             path, meta = store.get_or_make(shard, write)
             for c in COUNTERS:
                 read.counts[c] += meta.get(c, 0)
-            read.skipped_files += meta.get("_skipped", [])
+            read.undecodable += meta.get("_skipped", [])
             parts[i].append(load_arrow(path / "data.arrow"))
             prog.advance(1)
-    if read.skipped_files:
-        shown = ", ".join(read.skipped_files[:5])
-        if len(read.skipped_files) > 5:
-            shown += f" and {len(read.skipped_files) - 5} more"
-        n_skipped = len(read.skipped_files)
+    if read.undecodable:
+        shown = ", ".join(read.undecodable[:5])
+        if len(read.undecodable) > 5:
+            shown += f" and {len(read.undecodable) - 5} more"
+        n_skipped = len(read.undecodable)
         ctx.log.warning("skipped %d file(s) that are not valid text in their encoding: %s", n_skipped, shown)
     read.datasets = [concatenate_datasets(ds) if len(ds) > 1 else ds[0] for ds in parts.values()]
     return read
@@ -246,12 +268,35 @@ def _mix(per_source: list[Any], names: list[str], counts: list[int], rng: Any, l
         n = len(d)
         if k > n:
             log.info("source %r: %d documents requested, %d available: repeating it", name, k, n)
-        idx = sample_indices(n, k, rng)
+        idx = _sample(name, n, k, rng)
         chosen.append(d if len(idx) == n and k == n else d.select(idx))
     mixed = concatenate_datasets(chosen) if len(chosen) > 1 else chosen[0]
     if len(mixed) == 0:
         raise StageError("the mix is empty")
     return mixed
+
+
+def _sample(name: str, n: int, k: int, rng: Any) -> Any:
+    """:func:`sample_indices`, refused with a StageError (not a bare
+    MemoryError) when its 8 bytes per document cannot fit in this machine's memory."""
+    too_big = StageError(
+        f"source {name!r}: {k} documents asked for (of {n}) need {8 * k / 2**30:.1f} GiB of sample indices, "
+        "more than this machine's memory; lower its count or the total"
+    )
+    if 8 * k > physical_memory():
+        raise too_big
+    try:
+        return sample_indices(n, k, rng)
+    except MemoryError:
+        raise too_big from None
+
+
+def physical_memory() -> int:
+    """Bytes of this machine's memory (a very large number where the platform does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 2**62
 
 
 def _save_splits(mixed: Any, validation: float | int | None, rng: Any, out: Path) -> dict[str, Any]:

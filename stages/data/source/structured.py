@@ -4,6 +4,7 @@ optionally gzipped) with the ``datasets`` builders."""
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,20 +27,19 @@ def read_structured(
     if fmt == "csv" and all(p.lower().endswith(".tsv") for p in plain):
         kwargs["sep"] = "\t"
     try:
-        ds = _load(fmt, plain, scratch, kwargs)
+        ds = _load(fmt, list(plain), scratch, kwargs)
     except Exception as e:  # datasets' builders raise many types: find the file to name
-        culprit = _first_unreadable(fmt, plain, scratch, kwargs) if len(plain) > 1 else None
-        names = culprit or ", ".join(str(f) for f in files[:5])
-        raise StageError(f"cannot read {fmt} data from {names}: {type(e).__name__}: {e}") from e
+        raise _unreadable(fmt, plain, scratch, kwargs, e) from e
     what = ", ".join(str(f) for f in files[:3]) + (" ..." if len(files) > 3 else "")
     write_columnar(ds, spec, writer, stats, what=what)
     stats["files"] += len(plain)
 
 
-def _plain_files(files: list[Path], stats: dict[str, Any], scratch: Path) -> list[str]:
-    """The files to read: each '.gz' decompressed once (every reader then
-    sees a plain file), empty files left out and counted."""
-    plain: list[str] = []
+def _plain_files(files: list[Path], stats: dict[str, Any], scratch: Path) -> dict[str, Path]:
+    """The files to read (``{plain file: the file named}``): each '.gz'
+    decompressed once (every reader then sees a plain file), empty files
+    left out and counted."""
+    plain: dict[str, Path] = {}
     for i, f in enumerate(files):
         if f.suffix.lower() == ".gz":
             target = scratch / f"gunzip-{i}-{f.name[:-3]}"
@@ -48,12 +48,66 @@ def _plain_files(files: list[Path], stats: dict[str, Any], scratch: Path) -> lis
                     shutil.copyfileobj(src, dst, 16 * 2**20)
             except (OSError, EOFError) as e:
                 raise StageError(f"cannot decompress {f}: {e}") from e
-            plain.append(str(target))
+            plain[str(target)] = f
         elif f.stat().st_size == 0:
             stats["skipped_empty_files"] += 1
         else:
-            plain.append(str(f))
+            plain[str(f)] = f
     return plain
+
+
+def _unreadable(fmt: str, plain: dict[str, Path], scratch: Path, kwargs: dict[str, Any], e: Exception) -> StageError:
+    """The error for files the builder could not read: the first file it
+    cannot read on its own, and for JSON the line where it stops being valid."""
+    culprit = _first_unreadable(fmt, list(plain), scratch, kwargs) if len(plain) > 1 else next(iter(plain))
+    if culprit is None:
+        names = ", ".join(str(f) for f in list(plain.values())[:5])
+        return StageError(f"cannot read {fmt} data from {names}: {type(e).__name__}: {e}")
+    where = json_error_location(Path(culprit)) if fmt == "json" else None
+    if where is not None:
+        return StageError(f"cannot read json data: {plain[culprit]}:{where}")
+    return StageError(f"cannot read {fmt} data from {plain[culprit]}: {type(e).__name__}: {e}")
+
+
+def json_error_location(path: Path) -> str | None:
+    """Where a JSON Lines or JSON file stops being valid: ``'<line>:<column>:
+    <what>'``, or None when every line is a JSON object (JSON Lines) or the
+    file is one valid JSON document.  A file whose first line is an object on
+    its own is read as JSON Lines, line by line (memory stays bounded);
+    otherwise as one JSON document."""
+    if _first_line_is_object(path):
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                problem = _json_line_problem(raw) if raw.strip() else None
+                if problem is not None:
+                    return f"{number}:{problem}"
+        return None
+    try:
+        json.loads(path.read_bytes())
+    except UnicodeDecodeError as e:
+        return f"1:1: not valid UTF-8 (byte {e.start})"
+    except json.JSONDecodeError as e:
+        return f"{e.lineno}:{e.colno}: {e.msg}"
+    return None
+
+
+def _json_line_problem(raw: bytes) -> str | None:
+    """What is wrong with one JSON Lines line (``'<column>: <what>'``), or None."""
+    try:
+        value = json.loads(raw.rstrip(b"\r\n"))
+    except UnicodeDecodeError as e:
+        return f"{e.start + 1}: not valid UTF-8"
+    except json.JSONDecodeError as e:
+        return f"{e.colno}: {e.msg}"
+    return None if isinstance(value, dict) else f"1: a JSON {type(value).__name__}, not an object"
+
+
+def _first_line_is_object(path: Path) -> bool:
+    with open(path, "rb") as f:
+        for raw in f:
+            if raw.strip():
+                return _json_line_problem(raw) is None
+    return False
 
 
 def _load(fmt: str, paths: list[str], scratch: Path, kwargs: dict[str, Any]) -> Any:

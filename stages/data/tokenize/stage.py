@@ -28,7 +28,7 @@ from recipe_runner import (
 from ..arrow_io import save_streamed
 from ..inputs import load_documents
 from ..metrics import order_metrics
-from ..params import NumProc, batch_size_field, shard_size_field
+from ..params import NumProc, batch_size_field, num_proc_field, shard_size_field
 from ..progress_bars import with_quiet_datasets
 from ..shard_store import ShardStore, artifact_identity, stable_hash
 from ..shards import ShardPlan, open_shard_store, plan_dataset
@@ -62,12 +62,12 @@ class TokenizeParams(Params):
     keep_text: bool = Field(
         False, description="Keep the text column next to input_ids (other columns are always kept)."
     )
-    num_proc: NumProc = Field(
-        "auto",
+    num_proc: NumProc = num_proc_field(
         description=(
-            "Worker processes, each running one Rust tokenizer thread. 'auto': one per usable core "
-            "(at most 8) once the input holds 8 MiB of text; below that, this process alone with "
-            "the Rust tokenizer's own threads (unless TOKENIZERS_PARALLELISM=false)."
+            "Worker processes, each running one Rust tokenizer thread: an integer from 1, or 'auto': one per "
+            "usable core (at most 8) once the input holds 8 MiB of text; below that, this process alone with "
+            "the Rust tokenizer's own threads (unless TOKENIZERS_PARALLELISM=false). A run setting: it does "
+            "not change the output."
         ),
     )
     batch_size: int = batch_size_field()
@@ -90,6 +90,12 @@ class TokenizeStage(Stage[TokenizeParams]):
     outputs = {"dataset": TOKENIZED_DATASET, "tokenizer": TOKENIZER}
 
     @classmethod
+    def local_inputs(cls, params: TokenizeParams) -> Mapping[str, Path]:
+        """A local tokenizer directory in 'tokenizer' (a hub name is not local)."""
+        local = Path(params.tokenizer).expanduser() if params.tokenizer else None
+        return {"tokenizer": local} if local is not None and local.exists() else {}
+
+    @classmethod
     def output_facts(cls, params: TokenizeParams, inputs: Mapping[str, Facts]) -> Mapping[str, Facts]:
         return {"dataset": {DOCUMENT_SEPARATOR: params.add_bos or params.add_eos}}
 
@@ -110,8 +116,7 @@ class TokenizeStage(Stage[TokenizeParams]):
         }
         tok_json = tok_out / "tokenizer.json"
         tok_key = tok_json.read_text() if tok_json.exists() else origin
-        unchanged = {"num_proc", "shard_size", "batch_size"}
-        store = open_shard_store(ctx, "tokenize", self.version, p, art, exclude=unchanged, tokenizer=tok_key)
+        store = open_shard_store(ctx, "tokenize", self.version, p, art, tokenizer=tok_key)
         plan = plan_dataset(dd, p.text_column, p.shard_size, p.num_proc)
         features = {split: output_features(ds.features, p.text_column, p.keep_text) for split, ds in dd.items()}
         tokens = _tokenize_shards(ctx, store, plan, tok, tok_out, features)

@@ -14,6 +14,9 @@ from recipe_runner import StageError
 
 from ...common.hub import unavailable_reason
 
+#: four times the largest vocabularies in use
+MAX_VOCAB_SIZE = 2**20
+
 
 class TrainTokenizerParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -25,7 +28,9 @@ class TrainTokenizerParams(BaseModel):
             "(SentencePiece-style, Metaspace)."
         ),
     )
-    vocab_size: int = Field(8192, ge=64, description="Vocabulary size, special tokens included.")
+    vocab_size: int = Field(
+        8192, ge=64, le=MAX_VOCAB_SIZE, description="Vocabulary size, special tokens included (64 to 2**20)."
+    )
     min_frequency: int = Field(2, ge=1, description="BPE: a pair must occur this often to be merged.")
     max_documents: int | None = Field(
         None, ge=1, description="Train on at most this many documents of the train split (default: all)."

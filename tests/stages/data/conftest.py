@@ -1,9 +1,14 @@
 """Fixtures of the data-stage tests: real text (the shipped data and this
-Python's standard library) saved the way the stages save datasets, and
-filter plugins registered the way a third party registers them."""
+Python's standard library) saved the way the stages save datasets, filter
+plugins registered the way a third party registers them, and the `recipe`
+command line run in a subprocess."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import sysconfig
 import textwrap
 from pathlib import Path
@@ -180,3 +185,31 @@ def filter_plugin(tmp_path, monkeypatch):
 
     importlib.invalidate_caches()
     yield pkg
+
+
+def _recipe_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "recipe_runner.cli", *args],
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture()
+def recipe_cli():
+    """Run ``recipe ARGS...`` in a subprocess (``env``: variables to add): ``recipe_cli("validate", path)``."""
+    return _recipe_cli
+
+
+@pytest.fixture()
+def stage_keys():
+    """``stage_keys(recipe, workdir, env=None) -> {stage: key}`` from ``recipe status --json``."""
+
+    def keys(recipe: Path, workdir: Path, env: dict[str, str] | None = None) -> dict[str, str | None]:
+        proc = _recipe_cli("status", str(recipe), "--workdir", str(workdir), "--json", env=env)
+        assert proc.returncode == 0, proc.stderr
+        return {s["name"]: s["fingerprint"] for s in json.loads(proc.stdout)["stages"]}
+
+    return keys

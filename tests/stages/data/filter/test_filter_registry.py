@@ -29,12 +29,6 @@ BUILTIN = [
 HEAVY = ("torch", "transformers", "datasets", "trl", "peft", "accelerate", "lm_eval", "datatrove", "fasttext")
 
 
-def recipe_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "recipe_runner.cli", *args], capture_output=True, text=True, timeout=120
-    )
-
-
 def write_dist(root, name: str, entry_points: str, module: str = "", code: str = "") -> None:
     """A distribution on ``root`` (put on sys.path by the caller) registering ``entry_points``."""
     dist = root / f"{name.replace('-', '_')}-0.1.dist-info"
@@ -78,7 +72,7 @@ def test_the_documented_filters_do_not_depend_on_installed_plugins(rr_testplugin
     assert all(f'"{name}"' in schema for name in BUILTIN)
 
 
-def test_recipe_validate_locates_filter_errors_with_suggestions(tmp_path, rr_testplugin, data_dir):
+def test_recipe_validate_locates_filter_errors_with_suggestions(tmp_path, rr_testplugin, data_dir, recipe_cli):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text(
         textwrap.dedent(f"""

@@ -1,10 +1,12 @@
-"""Mixing sources by counts and weights, and the seeded validation split."""
+"""Mixing sources by counts and weights, the seeded validation split, and
+counts too large for the machine."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
+from recipe_runner import StageError
 from recipe_runner.testing import run_stage
 from recipe_runner_stages.data.source.stage import SourceParams, SourceStage
 
@@ -51,3 +53,16 @@ def test_seeded_validation_split(tmp_path, data_dir, run_source):
     assert len(dd3["validation"]) == 25
     with pytest.raises(ValidationError):
         SourceParams.model_validate({"sources": src, "validation": 1.5})
+
+
+def test_a_count_beyond_memory_is_a_clear_error_not_a_memory_error(tmp_path, run_source):
+    """Ten billion documents from a one-line file: 80 GB of sample indices.
+    Refused before anything is allocated, naming the source."""
+    from recipe_runner_stages.data.source.stage import physical_memory
+
+    if physical_memory() >= 8 * 10**10:
+        pytest.skip("this machine could hold the indices")
+    one = tmp_path / "one.txt"
+    one.write_text("a single document")
+    with pytest.raises(StageError, match=r"source 'one': 10000000000 documents asked for \(of 1\) need 74.5 GiB"):
+        run_source(tmp_path, [{"path": str(one), "count": 10**10}])

@@ -1,11 +1,16 @@
 """The source stage on structured files: JSON Lines, JSON, CSV and Parquet,
-plain and gzipped."""
+plain and gzipped, and malformed JSON located."""
 
 from __future__ import annotations
 
 import csv
 import gzip
 import json
+import re
+
+import pytest
+
+from recipe_runner import StageError
 
 
 def test_structured_formats_plain_and_gzipped(tmp_path, data_dir, run_source):
@@ -52,3 +57,24 @@ def test_structured_formats_plain_and_gzipped(tmp_path, data_dir, run_source):
     lines = [line for line in (data_dir / "the-verdict.txt").read_text().splitlines() if line.strip()]
     assert by["verdict_lines"] == [line.strip("\r\n") for line in lines]
     assert m["skipped_empty_documents"] == sum(1 for r in alpaca if not r["output"].strip())
+
+
+def test_a_malformed_json_line_is_named_by_file_and_line(tmp_path, data_dir, run_source):
+    """The builder's error names neither: the stage finds the file (among
+    several, gzipped too) and the first line that is not a JSON object."""
+    good = data_dir / "openbookqa.jsonl"
+    lines = good.read_text().splitlines()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join([*lines[:40], '{"text": "fine"', *lines[40:60]]) + "\n")
+    with pytest.raises(
+        StageError, match=rf"cannot read json data: {re.escape(str(bad))}:41:16: Expecting ',' delimiter"
+    ):
+        run_source(tmp_path, [{"path": [str(good), str(bad)], "text_column": "id"}], name="two")
+    packed = tmp_path / "bad.jsonl.gz"
+    packed.write_bytes(gzip.compress(bad.read_bytes()))
+    with pytest.raises(StageError, match=rf"{re.escape(str(packed))}:41:16"):
+        run_source(tmp_path, [{"path": str(packed), "text_column": "id"}], name="gz")
+    array = tmp_path / "rows.json"
+    array.write_text('[\n  {"text": "one"},\n  {"text": "two"\n]\n')
+    with pytest.raises(StageError, match=rf"{re.escape(str(array))}:4:1: Expecting ',' delimiter"):
+        run_source(tmp_path, [{"path": str(array)}], name="array")
