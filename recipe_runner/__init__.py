@@ -24,6 +24,7 @@ from .artifacts import (
     VOCAB_SIZE,
     Artifact,
 )
+from .keys import split_params
 from .stage import (
     Facts,
     Input,
@@ -71,4 +72,5 @@ __all__ = [
     "Upstream",
     "UpstreamRecord",
     "run_setting",
+    "split_params",
 ]

@@ -87,22 +87,27 @@ _SOURCE_DIGESTS: dict[str, str | None] = {}
 
 
 def plugin_source_digest(stage_cls: type[Stage[Any]], cache: DigestCache) -> str | None:
-    """A digest of the plugin's package source when it is not installed in a
+    """A digest of the plugin's source when it is not installed in a
     site-packages directory (an editable / development install), so an edited
-    plugin is seen; None for a normal install (its version says it all)."""
-    top = stage_cls.__module__.split(".")[0]
-    if top in _SOURCE_DIGESTS:
-        return _SOURCE_DIGESTS[top]
-    module = sys.modules.get(top)
+    plugin is seen; None for a normal install (its version says it all).  For
+    a stage in a subpackage (``pkg.family.stage``) the family's directory and a
+    sibling ``common`` package are digested, so an edit in one family does not
+    re-key the others; else the whole top-level package."""
+    parts = stage_cls.__module__.split(".")
+    scope = ".".join(parts[:2]) if len(parts) > 2 else parts[0]
+    if scope in _SOURCE_DIGESTS:
+        return _SOURCE_DIGESTS[scope]
+    module = sys.modules.get(parts[0])
     where = getattr(module, "__file__", None)
     value = None
     if where:
         pkg = Path(where).resolve().parent
         installed = [Path(p).resolve() for p in [*site.getsitepackages(), site.getusersitepackages()]]
         if not any(pkg.is_relative_to(sp) for sp in installed):
-            files = [p for p in walk_files(pkg) if p.suffix == ".py"]
+            roots = [pkg / parts[1], pkg / "common"] if len(parts) > 2 else [pkg]
+            files = [p for root in roots if root.is_dir() for p in walk_files(root) if p.suffix == ".py"]
             value = digest({p.relative_to(pkg).as_posix(): cache.digest(p) for p in files})
-    _SOURCE_DIGESTS[top] = value
+    _SOURCE_DIGESTS[scope] = value
     return value
 
 

@@ -32,7 +32,7 @@ def result_params(params: BaseModel, exclude: Collection[str] = ()) -> dict[str,
     marked as run settings (``recipe_runner.run_setting``) are left out, by the
     function the engine's stage keys leave them out with, and so are the
     top-level fields in ``exclude``."""
-    from recipe_runner.keys import split_params
+    from recipe_runner import split_params
 
     key, _ = split_params(params)
     return {name: value for name, value in key.items() if name not in exclude}
