@@ -73,9 +73,12 @@ def _blank(tree: dict[str, Any], dotted: str) -> None:
     """Replace the value at ``a.0.b`` by a marker (its content is keyed instead)."""
     *parents, last = dotted.split(".")
     node: Any = tree
-    for part in parents:
-        node = node[int(part)] if isinstance(node, list) else node.get(part)
-        if node is None:
+    for part in parents:  # a path that does not name a parameter (e.g. "entry/file.txt") blanks nothing
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
             return
     if isinstance(node, list) and last.isdigit() and int(last) < len(node):
         node[int(last)] = LOCAL

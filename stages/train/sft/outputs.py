@@ -1,0 +1,44 @@
+"""What the sft stage writes: the fine-tuned model (full fine-tuning), or the
+adapter and, when asked, a standalone model with the adapter merged in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from recipe_runner import ADAPTER, Artifact, StageContext
+
+from .params import SFTParams
+
+
+def save_adapter(ctx: StageContext[SFTParams], model: Any, tok: Any, out: Path, base_path: str) -> Artifact:
+    """The adapter directory (with the tokenizer) and its artifact."""
+    p = ctx.params
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    meta = {
+        "base_model": base_path,
+        "method": p.method,
+        "r": p.lora.r,
+        "alpha": p.lora.alpha,
+        "trainable_parameters": ctx.metrics.get("trainable_parameters"),
+    }
+    return Artifact(kind=ADAPTER, path=out, meta=meta)
+
+
+def merge_adapter(base_path: str, adapter_dir: Path, p: SFTParams, trained: Any) -> Any:
+    """A standalone model with the adapter folded into the base weights.  LoRA:
+    merge in place; QLoRA: reload the base unquantised (compute dtype) and
+    merge the saved adapter there (4-bit weights cannot absorb the update)."""
+    import torch
+
+    if p.method == "lora":
+        merged = trained.merge_and_unload()
+        return merged.to(torch.float32) if merged.dtype != torch.float32 and str(merged.device) == "cpu" else merged
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from ...common.devices import torch_dtype
+
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype(p.qlora.compute_dtype))
+    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()

@@ -1,0 +1,237 @@
+"""pretrain stage: the loss goes down, validation loss / perplexity / tokens/s and the
+loss curve are reported, layer freezing freezes, and a SIGKILLed run resumes
+from its last checkpoint and ends where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from recipe_runner.artifacts import MAX_POSITIONS, PACKED_DATASET, SEQ_LENGTH, TOKENIZER, Artifact
+from recipe_runner.stage import Params, PlanView, StageError, Upstream
+from recipe_runner.testing import run_stage
+from recipe_runner_stages.train.pretrain.params import PretrainParams
+from recipe_runner_stages.train.pretrain.stage import PretrainStage
+
+# one CPU thread: on a shared 2-core host two OpenMP threads spin-wait for each other (20x slower)
+FAST = {
+    "per_device_train_batch_size": 4,
+    "learning_rate": 3e-3,
+    "logging_steps": 5,
+    "precision": "fp32",
+    "device": "cpu",
+    "cpu_threads": 1,
+}
+
+
+def _validation_loss(model_dir: Path, packed_dir: Path) -> float:
+    """Mean next-token loss on the validation rows, straight from the model."""
+    import torch
+    from datasets import load_from_disk
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    ids = torch.tensor(load_from_disk(str(packed_dir))["validation"]["input_ids"])
+    with torch.no_grad():
+        return float(model(input_ids=ids, labels=ids).loss)
+
+
+def test_pretrain_lowers_loss_and_reports(init_model, packed, packed_dir, tmp_path):
+    before = _validation_loss(init_model.path, packed_dir)
+    res = run_stage(
+        PretrainStage,
+        {**FAST, "max_steps": 40, "eval_steps": 20, "save_steps": 100},
+        inputs={"model": init_model, "dataset": packed},
+        workdir=tmp_path,
+    )
+    m = res.metrics
+    out = res.outputs["model"].path
+    after = _validation_loss(out, packed_dir)
+    assert after < before - 0.5, (before, after)
+    assert m["global_step"] == 40 and m["tokens_trained"] == 40 * 4 * 32
+    assert m["final_train_loss"] < m["first_train_loss"]
+    # the stage's validation loss is the model's loss on the validation rows (full fixed-length rows)
+    assert m["eval_loss"] == pytest.approx(after, rel=1e-4)
+    assert m["perplexity"] == pytest.approx(math.exp(after), rel=1e-4)
+    assert [s for s, *_ in m["eval_curve"]] == [20, 40]  # [step, loss, perplexity] every eval_steps
+    assert all(p == pytest.approx(math.exp(loss), rel=1e-3) for _, loss, p in m["eval_curve"])
+    assert m["tokens_per_second"] > 0 and len(m["loss_curve"]) == 8
+    assert (out / "loss_curve.png").stat().st_size > 1000
+    assert (out / "tokenizer.json").is_file() and not (out / "training_args.bin").exists()
+    json.loads((out / "trainer_history.json").read_text())
+
+
+def test_layer_freezing(init_model, packed, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    res = run_stage(
+        PretrainStage,
+        {**FAST, "max_steps": 3, "save_steps": 100, "train_top_layers": 1, "freeze_embeddings": True},
+        inputs={"model": init_model, "dataset": packed},
+        workdir=tmp_path,
+    )
+    before = AutoModelForCausalLM.from_pretrained(str(init_model.path))
+    after = AutoModelForCausalLM.from_pretrained(str(res.outputs["model"].path))
+    frozen = [n for n, _ in before.named_parameters() if n.startswith(("model.layers.0.", "model.embed_tokens"))]
+    trained = [n for n, _ in before.named_parameters() if n.startswith(("model.layers.1.", "lm_head"))]
+    for n in frozen:
+        assert torch.equal(before.get_parameter(n), after.get_parameter(n)), n
+    for n in trained:
+        if n.endswith("layernorm.weight"):
+            continue
+        assert not torch.equal(before.get_parameter(n), after.get_parameter(n)), n
+    expected = sum(before.get_parameter(n).numel() for n in trained) + before.model.norm.weight.numel()
+    assert res.metrics["trainable_parameters"] == expected
+
+
+def test_rows_longer_than_positions_fail(tmp_path, tiny_tokenizer_dir, packed, tiny_config):
+    from recipe_runner_stages.model.init import InitStage
+
+    short = run_stage(
+        InitStage,
+        {"config": {**tiny_config, "max_position_embeddings": 16}},
+        inputs={"tokenizer": Artifact(TOKENIZER, tiny_tokenizer_dir)},
+        workdir=tmp_path / "i",
+    )
+    with pytest.raises(StageError, match="exceed the model's max_position_embeddings"):
+        run_stage(
+            PretrainStage,
+            {**FAST, "max_steps": 1},
+            inputs={"model": short.outputs["model"], "dataset": packed},
+            workdir=tmp_path / "p",
+        )
+
+
+RUNNER = textwrap.dedent("""
+    import sys, json, logging
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    from recipe_runner.artifacts import Artifact
+    from recipe_runner.testing import run_stage
+    from recipe_runner_stages.train.pretrain.stage import PretrainStage
+    model, data, work, params = sys.argv[1:5]
+    res = run_stage(PretrainStage, json.loads(params), inputs={"model": Artifact("model", model),
+                    "dataset": Artifact("packed_dataset", data)}, workdir=work)
+    print(json.dumps({k: v for k, v in res.metrics.items() if not isinstance(v, list)}))
+""")
+
+
+def _run(args: list[str], **kw) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen(
+        [sys.executable, "-c", RUNNER, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
+    )
+
+
+def test_kill_and_resume(init_model, packed_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    params = {**FAST, "max_steps": 60, "save_steps": 5, "save_total_limit": 2}
+    work = tmp_path / "killed"
+    args = [str(init_model.path), str(packed_dir), str(work), json.dumps(params)]
+    proc = _run(args)
+    ckpt_dir = work / "checkpoint"
+    deadline = time.time() + 120
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        states = list(ckpt_dir.glob("checkpoint-*/trainer_state.json")) if ckpt_dir.exists() else []
+        if states:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            killed_at = time.time()
+            break
+        time.sleep(0.02)
+    assert killed_at is not None, f"the run ended before a checkpoint was seen: {proc.communicate()}"
+    done = sorted(int(p.parent.name.split("-")[1]) for p in ckpt_dir.glob("checkpoint-*/trainer_state.json"))
+    assert done and done[-1] < 60
+    assert not (work / "output" / "model" / "model.safetensors").exists()
+
+    resumed = _run(args)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    metrics = json.loads(out.strip().splitlines()[-1])
+    assert metrics["resumed_from_step"] == done[-1]
+    assert metrics["global_step"] == 60 and metrics["steps_this_run"] == 60 - done[-1]
+    assert f"(step {done[-1]})" in err and "resuming from checkpoint" in err
+
+    # the same training without the interruption ends with the same weights (optimizer, scheduler, RNG
+    # and data position were restored)
+    straight = run_stage(
+        PretrainStage,
+        {**params, "save_steps": 1000},
+        inputs={"model": init_model, "dataset": Artifact(PACKED_DATASET, packed_dir)},
+        workdir=tmp_path / "straight",
+    )
+    a = load_file(str(work / "output" / "model" / "model.safetensors"))
+    b = load_file(str(straight.outputs["model"].path / "model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_checkpoint_at_max_steps_is_not_trained_further(init_model, packed, tmp_path):
+    """Killed after the last checkpoint but before the output was written: the re-run takes the
+    checkpoint as it is (resuming there would make transformers run a step past max_steps)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    params = {**FAST, "max_steps": 3, "save_steps": 3}
+    first = run_stage(PretrainStage, params, inputs={"model": init_model, "dataset": packed}, workdir=tmp_path)
+    weights = load_file(str(first.outputs["model"].path / "model.safetensors"))
+    shutil.rmtree(tmp_path / "output")
+    again = run_stage(PretrainStage, params, inputs={"model": init_model, "dataset": packed}, workdir=tmp_path)
+    assert again.metrics["resumed_from_step"] == 3 and again.metrics["global_step"] == 3
+    assert again.metrics["steps_this_run"] == 0
+    assert again.metrics["eval_loss"] == pytest.approx(first.metrics["eval_loss"], rel=1e-6)
+    reloaded = load_file(str(again.outputs["model"].path / "model.safetensors"))
+    assert all(weights[k].equal(reloaded[k]) for k in weights)
+
+
+def test_gradient_checkpointing_gives_the_same_weights(init_model, packed, tmp_path):
+    """Activation (gradient) checkpointing recomputes activations; the trained
+    weights must equal those of a run without it."""
+    import torch
+    from safetensors.torch import load_file
+
+    outs = []
+    for gc in (False, True):
+        res = run_stage(
+            PretrainStage,
+            {**FAST, "max_steps": 4, "save_steps": 100, "gradient_checkpointing": gc},
+            inputs={"model": init_model, "dataset": packed},
+            workdir=tmp_path / f"gc{gc}",
+        )
+        outs.append(load_file(str(res.outputs["model"].path / "model.safetensors")))
+    assert outs[0].keys() == outs[1].keys()
+    for k in outs[0]:
+        torch.testing.assert_close(outs[0][k], outs[1][k], rtol=1e-4, atol=1e-5)
+
+
+def test_rows_longer_than_the_upstream_positions_fail_at_plan_time():
+    """The cross-check reads the pack stage's and the model's output facts."""
+
+    def view(seq_len: int, max_pos: int) -> PlanView[PretrainParams]:
+        return PlanView(
+            "pretrain",
+            PretrainParams(),
+            {
+                "dataset": Upstream("pack", "pack", Params(), {SEQ_LENGTH: seq_len}),
+                "model": Upstream("init", "init", Params(), {MAX_POSITIONS: max_pos}),
+            },
+        )
+
+    errors = PretrainStage.cross_check(view(128, 64))
+    assert len(errors) == 1 and "packed rows of 128 tokens exceed the model's max_position_embeddings (64)" in errors[0]
+    assert PretrainStage.cross_check(view(64, 64)) == []
+    assert PretrainStage.output_facts(PretrainParams(), {"model": {MAX_POSITIONS: 64}}) == {
+        "model": {MAX_POSITIONS: 64}
+    }
