@@ -127,12 +127,13 @@ def recipe_json_schema(registry: Registry | None = None) -> dict[str, Any]:
             },
         }
     )
-    base["properties"]["stages"] = {
-        "type": "array",
-        "minItems": 1,
-        "items": {"oneOf": variants},
-        "description": "ordered list of stages",
-    }
+    base["properties"]["stages"] = {"type": "array", "minItems": 1, "description": "ordered list of stages"}
+    # a recipe that extends: another patches its base's stages by name: its entries are partial
+    # (checked by the engine after the merge); a standalone recipe's entries are complete stages
+    patch = {"type": "object", "properties": {"name": {"type": "string"}, "type": {"type": "string"}}}
+    base["if"] = {"required": ["extends"]}
+    base["then"] = {"properties": {"stages": {"items": patch}}}
+    base["else"] = {"properties": {"stages": {"items": {"oneOf": variants}}}}
     base["$defs"] = {**base.get("$defs", {}), **defs}
     base["$defs"].pop("StageSpec", None)
     base["$defs"]["VarRef"] = VAR_REF

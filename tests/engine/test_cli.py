@@ -95,11 +95,12 @@ def test_committed_schema_and_stage_docs_are_current():
 
 def test_schema_command_covers_plugin_params(recipe_cli):
     schema = json.loads(recipe_cli("schema", check=True).stdout)
-    entries = schema["properties"]["stages"]["items"]["oneOf"]
+    entries = schema["else"]["properties"]["stages"]["items"]["oneOf"]  # a standalone recipe's stages
     variants = {v["properties"]["type"]["const"]: v for v in entries if "type" in v["properties"]}
     assert [v["title"] for v in entries if "type" not in v["properties"]] == ["removal of a base stage"]
     assert "count" in variants
-    assert set(variants["count"]["properties"]["params"]["properties"]) == {"n", "start", "sleep", "fail_at"}
+    params = set(variants["count"]["properties"]["params"]["properties"])
+    assert params == {"n", "start", "sleep", "fail_at", "hook", "from_file"}
     assert variants["count"]["properties"]["params"]["additionalProperties"] is False
 
 
