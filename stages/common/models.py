@@ -7,6 +7,7 @@ imports stay inside the functions so importing a stage module stays cheap."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -55,16 +56,54 @@ def load_for_inference(path: str | Path, device: str = "auto", precision: str = 
     return model, tokenizer
 
 
+def local_path(ref: str | None) -> Path | None:
+    """The local file or directory a model, tokenizer or data parameter names,
+    or None for a hub id (or anything else that does not exist here)."""
+    if not ref:
+        return None
+    path = Path(ref).expanduser()
+    return path if path.exists() else None
+
+
 def save_model_dir(model: Any, tokenizer: Any | None, path: str | Path, max_shard_size: str | int = "5GB") -> Path:
     """A self-contained model directory: config, safetensors weights,
     generation config and (when known) the tokenizer, so any later stage or
-    ``from_pretrained`` needs nothing else."""
+    ``from_pretrained`` needs nothing else.  Every file gets the permissions
+    the umask gives a new file (see :func:`match_umask`)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path), safe_serialization=True, max_shard_size=max_shard_size)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))
+    match_umask(path)
     return path
+
+
+def current_umask() -> int:
+    """The process's umask: from /proc where the kernel shows it, else read by
+    setting it and putting it back (a moment in which another thread's new
+    file would get stricter permissions, never looser ones)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def match_umask(root: Path) -> None:
+    """Give every file under ``root`` the permissions of a file newly created
+    here (0666 less the umask): safetensors writes its weights through a
+    private temporary file, so ``model.safetensors`` would be 0600 while the
+    config and tokenizer next to it are 0644."""
+    mode = 0o666 & ~current_umask()
+    files = root.rglob("*") if root.is_dir() else [root]
+    for f in files:
+        if f.is_file() and not f.is_symlink():
+            f.chmod(mode)
 
 
 def count_parameters(model: Any) -> int:

@@ -88,23 +88,48 @@ def run_tasks(
     """Run the eval stage's tasks (``p.tasks``, presets expanded) with lm-eval;
     returns (flat metrics, per-task details).  Tasks with different few-shot
     counts / limits run as separate ``simple_evaluate`` calls (lm-eval takes
-    one num_fewshot per call)."""
-    from lm_eval.models.huggingface import HFLM
+    one num_fewshot per call).  Each task also reports how many of its
+    requests had their prompt cut to the model's positions
+    (``<task>/truncated_requests``)."""
+    from .position_checked_lm import PositionCheckedLM
 
     specs = expand(p.tasks)
     task_manager = _task_manager(specs, p.include_path)
     device = str(next(model.parameters()).device)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=p.batch_size, device=device)
+    lm = PositionCheckedLM(pretrained=model, tokenizer=tokenizer, batch_size=p.batch_size, device=device)
     flat: dict[str, float] = {}
     details: dict[str, Any] = {}
     for (shots, lim), names in _task_groups(specs, p.limit).items():
         log.info("lm-eval: %s (num_fewshot=%s, limit=%s)", ", ".join(names), shots, lim)
+        lm.truncated.clear()
+        lm.requests.clear()
         res = _evaluate(lm, task_manager, names, _cli_arguments(shots, lim, seed, p.bootstrap_iters))
         if res is None:  # non-zero ranks in a distributed run
             continue
         for task, values in res["results"].items():
             details[task] = _task_entry(res, task, values, shots, lim, flat)
+            _count_truncated(lm, task, details[task], flat, log)
     return flat, details
+
+
+def _count_truncated(lm: Any, task: str, entry: dict[str, Any], flat: dict[str, float], log: logging.Logger) -> None:
+    """The task's cut prompts into its report entry and the flat metrics (a
+    group, which scores nothing itself, has none), and a warning when there
+    are any."""
+    cut, total = lm.truncated[task], lm.requests[task]
+    if not total:
+        return
+    entry["truncated_requests"] = cut
+    flat[f"{task}/truncated_requests"] = cut
+    if cut:
+        log.warning(
+            "%s: %d of %d requests are longer than the model's %d positions; their prompts were cut from the "
+            "left, as lm-eval does, so those scores see only the end of the prompt",
+            task,
+            cut,
+            total,
+            lm.max_length,
+        )
 
 
 def _task_manager(specs: list[dict[str, Any]], include_paths: list[str]) -> Any:

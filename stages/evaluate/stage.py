@@ -7,22 +7,24 @@ table in ``report.md`` and the log) and in flat metrics such as
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from recipe_runner import Artifact, Input, PlanView, Stage, StageContext, StageError
+from recipe_runner import Artifact, Input, PlanView, Stage, StageContext, StageError, split_params
 from recipe_runner.artifacts import DATASET, EVAL_REPORT, MODEL, PACKED_DATASET, TOKENIZED_DATASET
 
 from ..common.devices import resolve_device, resolve_precision, with_cpu_threads
-from ..common.generation import GenerationSettings, generate_texts
-from ..common.models import load_causal_lm, load_tokenizer
+from ..common.models import load_causal_lm, load_tokenizer, local_path
 from .harness import run_tasks
 from .heldout_perplexity import heldout_perplexity
 from .judge.instructions import dataset_instruction_items, load_instruction_items, save_table
 from .judge.judging import judge_models
 from .judge.params import JudgeParams
-from .params import EvalParams, GenerationParams
+from .params import EvalParams
 from .report import metrics_table, write_report
+from .samples import sample_generations
+from .task_dirs import task_dir_code, task_dir_inputs
 
 Sections = dict[str, Any]
 
@@ -43,7 +45,7 @@ def _model_named_in_recipe(description: str) -> Input:
 
 class EvalStage(Stage[EvalParams]):
     name = "eval"
-    version = "1"
+    version = "2"
     description = (
         "Perplexity on held-out data, lm-eval tasks (offline task files shipped), sample generations, "
         "and an LLM judge (score against references, or compare with a baseline model)."
@@ -60,6 +62,20 @@ class EvalStage(Stage[EvalParams]):
         ),
     }
     outputs = {"report": EVAL_REPORT}
+
+    @classmethod
+    def local_inputs(cls, params: EvalParams) -> Mapping[str, Path]:
+        """The files of the recipe's task directories, and the judge's local
+        instruction file, judge model and baseline model (hub ids are not local)."""
+        out = task_dir_inputs(params.include_path)
+        if params.judge is not None:
+            out.update(_judge_local_inputs(params.judge))
+        return out
+
+    @classmethod
+    def runs_code(cls, params: EvalParams) -> Mapping[str, str]:
+        """Task directories of the recipe's that hold Python (``!function``)."""
+        return task_dir_code(params.include_path)
 
     @classmethod
     def cross_check(cls, view: PlanView[EvalParams]) -> list[str]:
@@ -92,10 +108,15 @@ class EvalStage(Stage[EvalParams]):
             task_metrics, report["tasks"] = run_tasks(model, tokenizer, p, seed=ctx.seed, log=ctx.log)
             metrics.update(task_metrics)
         if p.generation is not None:
-            report.update(_sample_generations(ctx, model, tokenizer, p.generation))
+            report.update(sample_generations(ctx, model, tokenizer, p.generation))
         if p.judge is not None:
             metrics.update(_run_judge_step(ctx, p.judge, model_dir, device, precision, report))
         return {"report": _write(ctx, model_dir, metrics, report)}
+
+
+def _judge_local_inputs(judge: JudgeParams) -> dict[str, Path]:
+    named = {"judge.data": judge.data, "judge.model": judge.model, "judge.baseline_model": judge.baseline_model}
+    return {field: path for field, ref in named.items() if (path := local_path(ref)) is not None}
 
 
 def _load_model(model_dir: Path, precision: str, device: str) -> tuple[Any, Any]:
@@ -107,26 +128,6 @@ def _load_model(model_dir: Path, precision: str, device: str) -> tuple[Any, Any]
         raise StageError(f"eval: cannot load the model / tokenizer at {model_dir}: {e}") from None
     model.eval()
     return model, tokenizer
-
-
-def _sample_generations(ctx: StageContext[EvalParams], model: Any, tokenizer: Any, g: GenerationParams) -> Sections:
-    """The report's ``samples`` (prompt, completion) and ``generation`` (the settings)."""
-    settings = GenerationSettings(**g.model_dump(exclude={"prompts"}))
-    with ctx.progress("generate", total=len(g.prompts)) as bar:
-        completions = generate_texts(
-            model,
-            tokenizer,
-            g.prompts,
-            settings,
-            batch_size=1,
-            add_special_tokens=True,
-            seed=ctx.seed,
-            progress=bar.advance,
-        )
-    samples = [{"prompt": q, "completion": c} for q, c in zip(g.prompts, completions, strict=True)]
-    for sample in samples:
-        ctx.log.info("sample: %r -> %r", sample["prompt"], sample["completion"][:200])
-    return {"samples": samples, "generation": g.model_dump()}
 
 
 def _run_judge_step(
@@ -157,7 +158,9 @@ def _run_judge_step(
         judge_model_path=str(judge_art.path) if judge_art else None,
     )
     files = save_table(rows, ctx.output_path("report"), "judge")
-    report["judge"] = {"params": judge.model_dump(mode="json"), "metrics": jm, "table": files}
+    # without the run settings (endpoint timeout, retries): the report must be the same bytes whatever they are
+    recorded = split_params(judge)[0]
+    report["judge"] = {"params": recorded, "metrics": jm, "table": files}
     return jm
 
 

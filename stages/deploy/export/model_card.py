@@ -89,12 +89,38 @@ def _evaluation(report: dict[str, Any]) -> list[str]:
     lines += [f"| {k} | {format_card_value(v)} |" for k, v in report["metrics"].items() if not k.endswith("_stderr")]
     for task, d in (report.get("tasks") or {}).items():
         lines.append(f"\n`{task}`: {d.get('num_fewshot')}-shot, limit {d.get('limit')}")
-    samples = report.get("samples") or []
-    if samples:
-        lines += ["", "Sample generations (prompt, then the model's continuation):", ""]
-        for s in samples:
-            lines += ["```text", (s["prompt"] + s["completion"]).replace("```", "'''"), "```"]
+    return lines + _samples(report.get("samples") or [], report.get("generation") or {})
+
+
+def _samples(samples: list[dict[str, Any]], generation: dict[str, Any]) -> list[str]:
+    """The sample generations, each the prompt and the model's continuation,
+    after a line saying how they were decoded."""
+    if not samples:
+        return []
+    how = decoding_summary(generation)
+    lines = ["", f"Sample generations{f' ({how})' if how else ''}: the prompt, then the model's continuation.", ""]
+    for s in samples:
+        lines += ["```text", (s["prompt"] + s["completion"]).replace("```", "'''"), "```"]
     return lines
+
+
+def decoding_summary(generation: dict[str, Any]) -> str:
+    """How the eval stage decoded its samples, in words ('' when the report
+    does not say): greedy, or sampled with its settings, seed and count."""
+    if not generation:
+        return ""
+    if not generation.get("do_sample"):
+        return "greedy decoding"
+    names = {
+        "temperature": "temperature",
+        "top_p": "top-p",
+        "top_k": "top-k",
+        "repetition_penalty": "repetition penalty",
+    }
+    settings = [f"{label} {generation[key]}" for key, label in names.items() if generation.get(key) is not None]
+    settings += [f"seed {generation['seed']}"] if "seed" in generation else []
+    n = generation.get("num_samples")
+    return "sampled: " + ", ".join(settings) + (f"; {n} per prompt" if n else "")
 
 
 def _lineage_table(upstream: tuple[UpstreamRecord, ...]) -> list[str]:

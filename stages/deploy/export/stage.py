@@ -17,7 +17,7 @@ from typing import Any
 from recipe_runner import Artifact, Facts, Input, Stage, StageContext, StageError
 from recipe_runner.artifacts import EVAL_REPORT, GGUF_FILE, MODEL
 
-from ...common.models import count_parameters, load_tokenizer, save_model_dir
+from ...common.models import count_parameters, load_tokenizer, match_umask, save_model_dir
 from ..model_facts import kept_model_facts
 from .model_card import model_card
 from .params import ExportParams
@@ -28,7 +28,7 @@ _COPIED_FILES = ("loss_curve.png", "layer_map.json")
 
 class ExportStage(Stage[ExportParams]):
     name = "export"
-    version = "1"
+    version = "2"
     description = (
         "Export an HF model directory (sharded safetensors + tokenizer + generation config) with a "
         "model card recording the lineage and evaluation results; optional GGUF copy and hub push."
@@ -56,6 +56,7 @@ class ExportStage(Stage[ExportParams]):
         gguf_name = _copy_gguf(ctx.inputs.get("gguf"), out)
         report = _copy_report(ctx.inputs.get("report"), out)
         _write_lineage_and_card(ctx, out, model, n_params, report, gguf_name, src)
+        match_umask(out)  # copies keep their source's modes: every file as the umask gives a new one
         ctx.metrics.update(
             {
                 "num_parameters": n_params,

@@ -12,6 +12,7 @@ from typing import Any
 from recipe_runner import QUANTIZED_MODEL, Artifact, StageContext
 
 from ...common.devices import torch_dtype
+from ...common.models import match_umask
 from .bnb import load_bnb, quantize_bnb
 from .gptq import calibration_examples, load_gptq, quantize_gptq
 from .int8 import load_int8, quantize_int8
@@ -35,6 +36,7 @@ def quantize_hf(
     for f in _COPIED_FILES:
         if (model_dir / f).is_file() and not (out_dir / f).exists():
             shutil.copy2(model_dir / f, out_dir / f)
+    match_umask(out_dir)  # the libraries' save_pretrained writes safetensors 0600
     reloaded = load_quantized(p.method, out_dir)
     ctx.metrics.update(format=info["format"], library=info["library"])
     art = Artifact(QUANTIZED_MODEL, out_dir, meta={**info, "method": p.method})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from recipe_runner import Params
 
@@ -35,7 +35,9 @@ class QuantizeParams(Params):
     )
     bits: Literal[2, 3, 4, 8] = Field(4, description="weight bits for gptq (2, 3, 4, 8) and bnb (4 or 8)")
     group_size: int = Field(
-        128, description="GPTQ quantization group size (columns sharing one scale); -1 for per-channel", ge=-1
+        128,
+        ge=-1,
+        description="GPTQ quantization group size (columns sharing one scale, at least 1); -1 for per-channel",
     )
     desc_act: bool | None = Field(
         None, description="GPTQ act-order (quantize columns by decreasing activation); null: GPTQModel's default"
@@ -69,7 +71,7 @@ class QuantizeParams(Params):
     prompt: str = Field(
         "I am an engineer. I love", description="prompt of the greedy sample generation before/after ('' skips it)"
     )
-    max_new_tokens: int = Field(32, ge=0, description="tokens generated for the sample")
+    max_new_tokens: int = Field(32, ge=0, description="tokens generated for the sample (0 skips it)")
     cpu_threads: int | None = cpu_threads_field()
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where gptq/bnb quantize and where 'before' is evaluated; gguf and int8 run on CPU"
@@ -79,3 +81,10 @@ class QuantizeParams(Params):
         description="dtype of the source model for the 'before' measurement and of bnb's compute; 'auto': bf16 "
         "on a GPU that has it, else fp32",
     )
+
+    @field_validator("group_size")
+    @classmethod
+    def _check_group_size(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("group_size 0 is not valid: a group of at least 1 column, or -1 for per-channel")
+        return v

@@ -93,8 +93,6 @@ class QuantizeStage(Stage[QuantizeParams]):
             )
         if p.method == "bnb" and p.bits not in (4, 8):
             errors.append(f"bnb supports bits 4 or 8, not {p.bits}")
-        if p.method == "gptq" and p.group_size == 0:
-            errors.append("group_size 0 is not valid (use -1 for per-channel)")
         return errors
 
     @with_cpu_threads

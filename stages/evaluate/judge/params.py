@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from recipe_runner import Params
+from recipe_runner import Params, run_setting
 
 from .prompts import COMPARE_PROMPT, SCORE_PROMPT
 
@@ -25,8 +25,12 @@ class EndpointParams(Params):
         description="name of the environment variable that holds the API key (sent as a Bearer token); "
         "never put the key itself in a recipe. None: no Authorization header (local servers)",
     )
-    timeout_s: float = Field(60.0, gt=0, description="per-request timeout in seconds")
-    max_retries: int = Field(2, ge=0, description="retries of a failed request (connection errors, HTTP 429/5xx)")
+    # how long to wait and how often to ask again change whether a request gets an answer, not the answer:
+    # run settings (out of the stage's key and its report)
+    timeout_s: float = run_setting(60.0, gt=0, allow_inf_nan=False, description="per-request timeout in seconds")
+    max_retries: int = run_setting(
+        2, ge=0, description="retries of a failed request (connection errors, timeouts, HTTP 408/429/5xx)"
+    )
 
 
 class JudgeParams(Params):

@@ -8,6 +8,17 @@ from pydantic import Field, field_validator
 
 from recipe_runner import Params
 
+#: the config fields of a random init that count something: each a whole number, at least 1
+SIZE_KEYS = (
+    "num_hidden_layers",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+    "vocab_size",
+)
+
 
 class InitParams(Params):
     from_pretrained: str | None = Field(
@@ -34,7 +45,8 @@ class InitParams(Params):
     vocab_size: int | Literal["auto"] = Field(
         "auto",
         description="'auto': the tokenizer's length (random init) or the base model's own vocabulary, grown "
-        "to the tokenizer's length if that is larger; an integer sets it (a base model's embeddings are resized)",
+        "to the tokenizer's length if that is larger; an integer (at least 1) sets it (a base model's embeddings "
+        "are resized)",
     )
     tokenizer: str | None = Field(
         None,
@@ -50,6 +62,7 @@ class InitParams(Params):
     init_std: float | None = Field(
         None,
         gt=0,
+        allow_inf_nan=False,
         description="std of the truncated-normal random init (truncated at +-2 std); default: the config's "
         "initializer_range (0.02 for Llama)",
     )
@@ -58,6 +71,22 @@ class InitParams(Params):
         description="dtype of the saved weights. float32 trains with mixed precision (bf16 autocast on a GPU "
         "that has it); the course stores bfloat16",
     )
+
+    @field_validator("vocab_size")
+    @classmethod
+    def _check_vocab_size(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"vocab_size must be 'auto' or at least 1, not {v}")
+        return v
+
+    @field_validator("config")
+    @classmethod
+    def _check_config_sizes(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key in SIZE_KEYS:
+            size = v.get(key)
+            if key in v and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+                raise ValueError(f"config.{key} must be a whole number of at least 1, not {size!r}")
+        return v
 
     @field_validator("layer_slices")
     @classmethod

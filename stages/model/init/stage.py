@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from recipe_runner import Artifact, Facts, Input, PlanView, Stage, StageContext, StageError
 from recipe_runner.artifacts import MAX_POSITIONS, MODEL, TOKENIZER
 
-from ...common.models import count_parameters, save_model_dir
+from ...common.models import count_parameters, local_path, save_model_dir
 from .params import InitParams
 from .pretrained import start_from_base
 from .random_init import random_init_config, random_model
@@ -65,6 +66,21 @@ class InitStage(Stage[InitParams]):
         ),
     }
     outputs = {"model": MODEL}
+
+    @classmethod
+    def local_inputs(cls, params: InitParams) -> Mapping[str, Path]:
+        """A local base model directory and a local tokenizer directory (hub ids are not local)."""
+        named = {"from_pretrained": params.from_pretrained, "tokenizer": params.tokenizer}
+        return {field: path for field, ref in named.items() if (path := local_path(ref)) is not None}
+
+    @classmethod
+    def runs_code(cls, params: InitParams) -> Mapping[str, str]:
+        """``trust_remote_code: true`` (set here, in ``defaults:`` or in an
+        ``extends:`` base) runs the Python a model or tokenizer folder ships."""
+        if not params.trust_remote_code:
+            return {}
+        named = params.from_pretrained or params.tokenizer or "the base model"
+        return {"trust_remote_code": f"loads and runs the Python code shipped with {named} (trust_remote_code)"}
 
     @classmethod
     def output_facts(cls, params: InitParams, inputs: Mapping[str, Facts]) -> Mapping[str, Facts]:

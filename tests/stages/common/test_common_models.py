@@ -3,7 +3,9 @@ of a stage, and facts read off a loaded model."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +17,12 @@ from recipe_runner.stage import Params, StageContext, StageError
 from recipe_runner_stages.common.models import (
     MODEL_INPUT,
     count_parameters,
+    current_umask,
     decoder_layers,
     load_causal_lm,
     load_for_inference,
     load_tokenizer,
+    local_path,
     max_positions,
     model_input_slots,
     model_meta,
@@ -113,3 +117,33 @@ def test_decoder_layers_of_a_model_without_them_is_a_stage_error() -> None:
 
     with pytest.raises(StageError, match="cannot find the decoder layers of _NotADecoder"):
         decoder_layers(_NotADecoder())
+
+
+@pytest.fixture(params=[0o022, 0o027])
+def umask(request: pytest.FixtureRequest) -> Iterator[int]:
+    """The process's umask set to the parameter for the test, then put back."""
+    before = os.umask(request.param)
+    yield request.param
+    os.umask(before)
+
+
+def test_a_saved_model_dir_has_the_permissions_the_umask_gives(
+    tmp_path: Path, tiny_lm: Any, tiny_tokenizer: Any, umask: int
+) -> None:
+    """safetensors writes its weights 0600; every file of a saved model
+    directory gets what a new file gets here (0644 under umask 022, 0640 under 027)."""
+    assert current_umask() == umask
+    out = save_model_dir(tiny_lm, tiny_tokenizer, tmp_path / "m", max_shard_size="200KB")
+    files = sorted(f for f in out.iterdir() if f.is_file())
+    assert len([f for f in files if f.suffix == ".safetensors"]) > 1  # sharded: every shard is checked
+    modes = {f.name: stat.S_IMODE(os.stat(f).st_mode) for f in files}
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask)
+
+
+def test_local_path_is_an_existing_file_or_directory_only(tmp_path: Path) -> None:
+    (tmp_path / "data.json").write_text("[]")
+    assert local_path(str(tmp_path)) == tmp_path
+    assert local_path(str(tmp_path / "data.json")) == tmp_path / "data.json"
+    assert local_path("upstage/TinySolar-248m-4k") is None  # a hub id
+    assert local_path(str(tmp_path / "missing")) is None
+    assert local_path(None) is None and local_path("") is None

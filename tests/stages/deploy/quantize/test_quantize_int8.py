@@ -1,9 +1,12 @@
 """The CPU int8 path (torchao): saved with save_pretrained, reloaded with
-from_pretrained on this CPU, close to the source, smaller on disk."""
+from_pretrained on this CPU, close to the source, smaller on disk, every file
+with the permissions the umask gives."""
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -69,6 +72,11 @@ def test_int8_without_dataset_reports_sizes_and_samples(tmp_path, tiny_model_dir
     m = res.metrics
     assert "perplexity_before" not in m and m["compression_ratio"] > 1
     assert isinstance(m["sample_after"], str)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    out = Path(res.outputs["model"].path)
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()}
+    assert "model.safetensors" in modes and modes == dict.fromkeys(modes, 0o666 & ~umask)  # written 0600 by the library
 
 
 def test_perplexity_on_tokenized_and_packed_inputs(tmp_path, tiny_model_dir):

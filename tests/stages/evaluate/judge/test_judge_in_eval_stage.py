@@ -1,17 +1,22 @@
 """The judge in the eval stage: the `judge:` section, the `baseline` and
-`judge_model` inputs, the saved verdict table and the metrics, and the
-validate-time check that the judge has its models."""
+`judge_model` inputs, the saved verdict table and the metrics, the
+validate-time check that the judge has its models, and the endpoint's run
+settings (timeout, retries), which leave the stage's output unchanged."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
 from recipe_runner.artifacts import MODEL, Artifact
 from recipe_runner.errors import RecipeError
+from recipe_runner.keys import is_run_setting
 from recipe_runner.recipe import load_recipe
 from recipe_runner.testing import run_stage
+from recipe_runner_stages.evaluate.judge.params import EndpointParams
 from recipe_runner_stages.evaluate.stage import EvalStage
 
 
@@ -69,3 +74,32 @@ stages:
         load_recipe(recipe)
     text = e.value.format()
     assert "judge: no judge model" in text and "compare mode needs a second model" in text
+
+
+def _digests(out: Path) -> dict[str, str]:
+    return {
+        f.relative_to(out).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest() for f in out.rglob("*") if f.is_file()
+    }
+
+
+@pytest.mark.parametrize("field,first,second", [("timeout_s", 60.0, 7.5), ("max_retries", 2, 0)])
+def test_endpoint_run_settings_leave_the_output_unchanged(
+    field, first, second, judge_server, tiny_model_dir, tmp_path, instruction_file
+):
+    """A run setting is out of the stage's key, so a cached output made with one value serves the other:
+    the stage run with each gives the same bytes (report, verdict table)."""
+    assert is_run_setting(EndpointParams, field)
+    data = str(instruction_file(3))
+    outputs = []
+    for value in (first, second):
+        endpoint = {"base_url": judge_server.url, "model": "fixed", field: value}
+        judge = {"endpoint": endpoint, "data": data, "num_examples": 2, "response_max_new_tokens": 4}
+        res = run_stage(
+            EvalStage,
+            {"perplexity": False, "device": "cpu", "precision": "fp32", "judge": judge},
+            inputs={"model": Artifact(MODEL, tiny_model_dir)},
+            workdir=tmp_path / f"{field}-{value}",
+        )
+        outputs.append(_digests(res.outputs["report"].path))
+    assert {"report.json", "report.md", "judge.jsonl", "judge.csv"} <= set(outputs[0])
+    assert outputs[0] == outputs[1]

@@ -1,12 +1,14 @@
 """The quantize stage's gguf method: the file carries the recipe's lineage
 (typed Lineage -> recipe_runner.* keys), sizes and perplexity before/after
-equal independent measurements."""
+equal independent measurements, the file has the permissions the umask gives."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -32,12 +34,10 @@ def _independent_perplexity(model, tok, texts, n_tokens):
         return math.exp(float(model(ids, labels=ids).loss))
 
 
-def test_quantize_stage_gguf_with_lineage(tmp_path, sharp_model_dir, verdict_dataset):
-    import torch
-    from datasets import load_from_disk
-    from gguf import GGUFReader
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+@pytest.fixture(scope="module")
+def gguf_run(tmp_path_factory, sharp_model_dir, verdict_dataset) -> tuple[Artifact, dict]:
+    """(the gguf artifact, the metrics) of the stage run on the sharpened tiny model with a lineage."""
+    tmp_path = tmp_path_factory.mktemp("to_gguf")
     lineage = Lineage(
         recipe="tiny-demo",
         recipe_file="tiny-demo.yaml",
@@ -62,11 +62,16 @@ def test_quantize_stage_gguf_with_lineage(tmp_path, sharp_model_dir, verdict_dat
     )
     (tmp_path / "ckpt").mkdir()
     outputs = collect_outputs(QuantizeStage, params, ctx, QuantizeStage().run(ctx))
-    art = outputs["gguf"]
+    return outputs["gguf"], ctx.metrics
+
+
+def test_the_gguf_carries_the_lineage(gguf_run):
+    from gguf import GGUFReader
+
+    art, _ = gguf_run
     assert art.kind == GGUF_FILE
     files = list(Path(art.path).glob("*.gguf"))
     assert [f.name for f in files] == ["model.q8_0.gguf"] == [art.meta["file"]]
-
     md = read_gguf_metadata(files[0])
     assert md["recipe_runner.recipe"] == "tiny-demo"
     assert md["recipe_runner.stage_fingerprint"] == "f" * 64
@@ -75,20 +80,34 @@ def test_quantize_stage_gguf_with_lineage(tmp_path, sharp_model_dir, verdict_dat
     assert "tiny-demo" in md["general.description"] and md["general.name"] == "tiny-demo"
     assert GGUFReader(str(files[0])).fields["recipe_runner.upstream"].contents() == [f"pretrain:pretrain:{'a' * 64}"]
 
-    m = ctx.metrics
+
+def test_sizes_and_perplexities_equal_independent_measurements(gguf_run, sharp_model_dir, verdict_dataset):
+    import torch
+    from datasets import load_from_disk
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    art, m = gguf_run
+    gguf_file = Path(art.path) / art.meta["file"]
     src_size = sum(f.stat().st_size for f in sharp_model_dir.glob("*.safetensors"))
-    assert m["source_size_bytes"] == src_size and m["size_bytes"] == files[0].stat().st_size
-    assert m["compression_ratio"] == pytest.approx(src_size / files[0].stat().st_size, rel=1e-3)
+    assert m["source_size_bytes"] == src_size and m["size_bytes"] == gguf_file.stat().st_size
+    assert m["compression_ratio"] == pytest.approx(src_size / gguf_file.stat().st_size, rel=1e-3)
     assert m["compression_ratio"] > 3  # fp32 -> ~8.5 bits per weight
     assert m["eval_split"] == "validation" and m["eval_tokens"] == 256
 
     tok = AutoTokenizer.from_pretrained(str(sharp_model_dir))
     texts = [t for t in load_from_disk(str(verdict_dataset))["validation"]["text"] if t]
     src = AutoModelForCausalLM.from_pretrained(str(sharp_model_dir), dtype=torch.float32)
-    q = AutoModelForCausalLM.from_pretrained(str(art.path), gguf_file=files[0].name, dtype=torch.float32)
+    q = AutoModelForCausalLM.from_pretrained(str(art.path), gguf_file=gguf_file.name, dtype=torch.float32)
     assert m["perplexity_before"] == pytest.approx(_independent_perplexity(src, tok, texts, 256), rel=1e-3)
     assert m["perplexity_after"] == pytest.approx(_independent_perplexity(q, tok, texts, 256), rel=1e-3)
     assert m["perplexity_delta"] == pytest.approx(m["perplexity_after"] - m["perplexity_before"], abs=1e-3)
     assert abs(m["perplexity_delta"]) / m["perplexity_before"] < 0.02
     assert isinstance(m["sample_before"], str) and isinstance(m["sample_after"], str)
     assert m["prompt"] == "I am an engineer. I love"
+
+
+def test_the_gguf_has_the_permissions_the_umask_gives(gguf_run):
+    art, _ = gguf_run
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE((Path(art.path) / art.meta["file"]).stat().st_mode) == 0o666 & ~umask
