@@ -858,11 +858,10 @@ def _refuse_code(resolved: list[ResolvedStage], data: LocDict, file_loc: Locatio
     """Nothing a recipe names runs as code unless the person running it says so."""
     for r in resolved:
         for fieldname, what in r.stage_cls.runs_code(r.params).items():
-            f, line, col = (
-                locate(data, ("stages", r.index, "params", *fieldname.split(".")))
-                or locate(data, ("defaults", fieldname.split(".")[0]))
-                or file_loc
-            )
+            head = fieldname.split(".")[0]
+            stage_params = to_plain(data)["stages"][r.index].get("params") or {}
+            where = ("stages", r.index, "params", head) if head in stage_params else ("defaults", head)
+            f, line, col = locate(data, where) or file_loc
             problems.append(
                 Problem(
                     f"{what}: this runs code named by the recipe; {TRUST_HINT}",
