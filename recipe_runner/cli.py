@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .apps.generation import Sampling, TextGenerator
+    from .apps.models import ModelSource
     from .planning import PlanItem
     from .recipe import Recipe
     from .shared_cache import SharedCache
@@ -293,6 +297,173 @@ def verify(recipe: str = RecipeArg, set_: list[str] | None = SetOpt, workdir: Pa
     raise typer.Exit(EXIT_STAGE_FAILED if problems else EXIT_OK)
 
 
+ModelTargetArg = typer.Argument(
+    None,
+    help="a recipe (its run's model; a path or the name of a bundled example), or a model directory, "
+    "PEFT adapter directory or .gguf file",
+    show_default=False,
+)
+StageSelectOpt = typer.Option(
+    None,
+    "--stage",
+    help="the stage whose model to load, NAME or NAME.OUTPUT (default: the last stage whose model, adapter or "
+    "GGUF file is built under the recipe's current parameters)",
+)
+ModelPathOpt = typer.Option(None, "--model", help="a model directory, PEFT adapter directory or .gguf file to load")
+BaseOpt = typer.Option(
+    None,
+    "--base",
+    help="an adapter's base model, a directory or hub id (default: the model the recipe bound to the adapter's "
+    "stage, else adapter_config.json's base_model_name_or_path)",
+)
+DeviceOpt = typer.Option("auto", "--device", help="auto (cuda where visible, else cpu), cpu or cuda[:N]")
+MaxNewTokensOpt = typer.Option(None, "--max-new-tokens", min=1, help="tokens to generate at most [chat: 256]")
+TemperatureOpt = typer.Option(None, "--temperature", min=0.0, help="sampling temperature, 0 is greedy [chat: 0.7]")
+TopPOpt = typer.Option(None, "--top-p", min=0.0, max=1.0, help="sample from this probability mass [chat: 0.9]")
+TopKOpt = typer.Option(None, "--top-k", min=0, help="sample from the k most likely tokens, 0 is off [chat: 50]")
+RepetitionPenaltyOpt = typer.Option(None, "--repetition-penalty", min=0.0, help="1.0 is off (the default)")
+GreedyOpt = typer.Option(False, "--greedy", help="always take the most likely token (deterministic)")
+SeedOpt = typer.Option(None, "--seed", help="seed the sampling once at the start (reproducible output)")
+
+
+@contextmanager
+def _usage_errors() -> Iterator[None]:
+    """A chat or serve problem the user fixes (AppError): its message, exit 2."""
+    from .apps.models import AppError
+
+    try:
+        yield
+    except AppError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(EXIT_INVALID) from None
+
+
+def _model_source(
+    target: str | None,
+    stage: str | None,
+    model: Path | None,
+    base: str | None,
+    overrides: list[str] | None,
+    workdir: Path,
+) -> ModelSource:
+    """The model a chat or serve command names: a path (``--model``, or the
+    argument when it is a directory or .gguf file) or a recipe's built model."""
+    import shlex
+
+    from .apps.models import AppError, find_in_run, source_from_path
+
+    path = model or (Path(target) if target and (Path(target).is_dir() or target.endswith(".gguf")) else None)
+    if path is not None:
+        if stage:
+            raise AppError("--stage picks a stage of a recipe's run: leave it out when naming a model by path")
+        return source_from_path(path, base)
+    if target is None:
+        raise AppError("name a recipe (recipe chat RECIPE) or a model (--model PATH)")
+    run_args = " ".join(
+        shlex.quote(a)
+        for a in [target, *(["--workdir", str(workdir)] if workdir != Path("runs") else [])]
+        + [a for o in overrides or [] for a in ("--set", o)]
+    )
+    return find_in_run(_load(target, overrides), workdir, stage, run_args, base)
+
+
+def _load_model(source: ModelSource, device: str) -> TextGenerator:
+    from .apps.models import load_generator
+
+    if source.note:
+        typer.echo(f"note: {source.note}", err=True)
+    typer.echo(f"loading {source.kind} {source.path}", err=True)
+    return load_generator(source, device)
+
+
+def _sampling(defaults: Sampling, greedy: bool, **options: Any) -> Sampling:
+    """The command's sampling defaults with the options given on the command line."""
+    return defaults.with_options(**options, greedy=greedy or None)
+
+
+@app.command()
+def chat(
+    recipe: str | None = ModelTargetArg,
+    stage: str | None = StageSelectOpt,
+    model: Path | None = ModelPathOpt,
+    base: str | None = BaseOpt,
+    set_: list[str] | None = SetOpt,
+    workdir: Path = WorkdirOpt,
+    device: str = DeviceOpt,
+    max_new_tokens: int | None = MaxNewTokensOpt,
+    temperature: float | None = TemperatureOpt,
+    top_p: float | None = TopPOpt,
+    top_k: int | None = TopKOpt,
+    repetition_penalty: float | None = RepetitionPenaltyOpt,
+    greedy: bool = GreedyOpt,
+    seed: int | None = SeedOpt,
+    system: str | None = typer.Option(None, "--system", help="a system prompt (models with a chat template)"),
+) -> None:
+    """Chat with a model the recipe built, or continue text with a base model (no chat template); the
+    reply streams as it is generated.  Not on a terminal, each line of stdin is a prompt and stdout gets
+    each reply on a line of its own.  /reset starts over, /exit quits."""
+    from .apps.chat import chat_in_terminal
+    from .apps.generation import Sampling
+
+    with _usage_errors():
+        generator = _load_model(_model_source(recipe, stage, model, base, set_, workdir), device)
+    sampling = _sampling(
+        Sampling(max_new_tokens=256, temperature=0.7, top_p=0.9, top_k=50),
+        greedy,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+    )
+    raise typer.Exit(chat_in_terminal(generator, sampling, system))
+
+
+@app.command()
+def serve(
+    recipe: str | None = ModelTargetArg,
+    stage: str | None = StageSelectOpt,
+    model: Path | None = ModelPathOpt,
+    base: str | None = BaseOpt,
+    set_: list[str] | None = SetOpt,
+    workdir: Path = WorkdirOpt,
+    device: str = DeviceOpt,
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface)"),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="port to listen on"),
+    max_new_tokens: int | None = MaxNewTokensOpt,
+    temperature: float | None = TemperatureOpt,
+    top_p: float | None = TopPOpt,
+    top_k: int | None = TopKOpt,
+    repetition_penalty: float | None = RepetitionPenaltyOpt,
+    greedy: bool = GreedyOpt,
+    seed: int | None = SeedOpt,
+) -> None:
+    """Serve a model the recipe built over an OpenAI-compatible HTTP API: /v1/models, /v1/completions
+    and /v1/chat/completions, streaming included; one generation at a time.  The sampling options are
+    the defaults of requests that do not set their own (OpenAI's: temperature 1, top_p 1; 256 tokens)."""
+    from .apps.generation import Sampling
+    from .apps.serve import OpenAIService, require_server_stack
+    from .apps.serve import serve as run_server
+
+    with _usage_errors():
+        require_server_stack()
+        generator = _load_model(_model_source(recipe, stage, model, base, set_, workdir), device)
+    defaults = _sampling(
+        Sampling(),
+        False,
+        max_new_tokens=max_new_tokens,
+        temperature=0.0 if greedy else temperature,
+        top_p=top_p,
+        top_k=top_k,
+        repetition_penalty=repetition_penalty,
+    )
+    if seed is not None:
+        generator.reseed(seed)
+    typer.echo(f"serving {generator.name} at http://{host}:{port}/v1", err=True)
+    run_server(OpenAIService(generator, defaults), host, port)
+
+
 cache_app = typer.Typer(help="The shared stage cache: list or garbage-collect its entries.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
@@ -320,6 +491,44 @@ def cache_gc(
         max_bytes=int(max_gb * 1e9) if max_gb is not None else None,
     )
     typer.echo(f"removed {len(removed)} entries ({sum(e.get('bytes', 0) for e in removed):,} bytes)")
+
+
+@app.command()
+def report(
+    recipe: str | None = typer.Argument(
+        None, help="a recipe YAML or bundled example's name (its last run under --workdir), or a run directory"
+    ),
+    set_: list[str] | None = SetOpt,
+    workdir: Path = WorkdirOpt,
+    output: Path = typer.Option(Path("report.html"), "--output", "-o", help="the HTML file to write"),
+    compare: tuple[str, str] | None = typer.Option(
+        None,
+        "--compare",
+        metavar="RUN_A RUN_B",
+        help="two runs side by side: run directories (WORKDIR/<recipe name>) or recipes",
+    ),
+) -> None:
+    """Write one self-contained HTML page of what a run built: the recipe, a stage timeline, the lineage
+    graph, training curves, data funnels, eval / judge / quantization tables and samples (or two runs compared)."""
+    from .report import ReportError, RunReport, collect_recipe, collect_run, render_comparison, render_report
+
+    def collect(target: str) -> RunReport:
+        return collect_run(target) if Path(target).is_dir() else collect_recipe(_load(target, set_), workdir)
+
+    if (recipe is None) == (compare is None):
+        typer.echo("error: give a RECIPE (or run directory), or --compare RUN_A RUN_B", err=True)
+        raise typer.Exit(EXIT_INVALID)
+    try:
+        page = (
+            render_comparison(collect(compare[0]), collect(compare[1]))
+            if compare
+            else render_report(collect(recipe or ""))
+        )
+    except ReportError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(EXIT_INVALID) from None
+    output.write_text(page, encoding="utf-8")
+    typer.echo(f"wrote {output} ({len(page) // 1024} KiB, self-contained: open it in any browser, offline)")
 
 
 @app.command()
