@@ -120,39 +120,48 @@ class LogProgressSink(ProgressSink):
             self._line(p)
 
     def stop(self, p: Progress) -> None:
-        self.last.pop(id(p), None)
-        self._line(p)
+        self.last.pop(id(p), None)  # the stage's "done" line says the rest
 
 
 def progress_sink() -> ProgressSink:
     return RichProgressSink() if is_tty() else LogProgressSink()
 
 
-def format_metrics(metrics: dict[str, Any], limit: int = 4) -> str:
-    items = []
-    for k, v in metrics.items():
-        if isinstance(v, float):
-            items.append(f"{k}={v:.4g}")
-        elif isinstance(v, (int, str)) and len(str(v)) < 30:
-            items.append(f"{k}={v}")
-        if len(items) >= limit:
+def format_metrics(metrics: dict[str, Any], width: int = 1000, limit: int = 4) -> str:
+    """Whole ``key=value`` items that fit in ``width`` characters (never a number cut in two)."""
+    out = ""
+    for n, (k, v) in enumerate(metrics.items()):
+        if n >= limit and out:
             break
-    return ", ".join(items)
+        if isinstance(v, float):
+            item = f"{k}={v:.4g}"
+        elif isinstance(v, int | str) and len(str(v)) < 30:
+            item = f"{k}={v}"
+        else:
+            continue
+        candidate = f"{out} {item}" if out else item
+        if len(candidate) > width:
+            break
+        out = candidate
+    return out
 
 
-def summary_table(manifest: dict[str, Any], title: str) -> Table:
-    t = Table(title=title)
-    for col in ("stage", "type", "status", "seconds", "metrics"):
-        t.add_column(col, overflow="fold")
-    style = {"done": "green", "failed": "red", "running": "yellow", "pending": "dim"}
-    for e in manifest["stages"]:
-        status = e["status"] + (" (cached)" if e.get("cached") else "")
+def summary_table(manifest: dict[str, Any], title: str, width: int = 80) -> Table:
+    """One line per stage, fitting ``width`` columns: the first metrics that fit whole."""
+    stages = manifest["stages"]
+    name_w = min(18, max([5, *(len(e["name"]) for e in stages)]))
+    type_w = min(9, max([4, *(len(e["type"]) for e in stages)]))
+    metrics_w = max(12, width - name_w - type_w - 11 - 7 - 9)  # status 11, seconds 7, gaps
+    t = Table(title=title, box=None, pad_edge=False)
+    t.add_column("stage", no_wrap=True, overflow="ellipsis", max_width=name_w)
+    t.add_column("type", no_wrap=True, overflow="ellipsis", max_width=type_w)
+    t.add_column("status", no_wrap=True)
+    t.add_column("s", no_wrap=True, justify="right")
+    t.add_column("metrics", no_wrap=True, overflow="ellipsis", max_width=metrics_w)
+    style = {"done": "green", "failed": "red", "running": "yellow", "pending": "dim", "interrupted": "red"}
+    for e in stages:
+        status = "cached" if e.get("cached") and e["status"] == "done" else e["status"]
         secs = "" if e.get("seconds") is None else f"{e['seconds']:.1f}"
-        t.add_row(
-            e["name"],
-            e["type"],
-            f"[{style.get(e['status'], '')}]{status}[/]",
-            secs,
-            e.get("error") or format_metrics(e.get("metrics") or {}),
-        )
+        detail = e.get("error") or format_metrics(e.get("metrics") or {}, width=metrics_w)
+        t.add_row(e["name"], e["type"], f"[{style.get(e['status'], '')}]{status}[/]", secs, detail)
     return t
