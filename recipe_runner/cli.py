@@ -359,12 +359,9 @@ def _model_source(
         return source_from_path(path, base)
     if target is None:
         raise AppError("name a recipe (recipe chat RECIPE) or a model (--model PATH)")
-    run_args = " ".join(
-        shlex.quote(a)
-        for a in [target, *(["--workdir", str(workdir)] if workdir != Path("runs") else [])]
-        + [a for o in overrides or [] for a in ("--set", o)]
-    )
-    return find_in_run(_load(target, overrides), workdir, stage, run_args, base)
+    run_args = [target, *(["--workdir", str(workdir)] if workdir != Path("runs") else [])]
+    run_args += [arg for override in overrides or [] for arg in ("--set", override)]
+    return find_in_run(_load(target, overrides), workdir, stage, shlex.join(run_args), base)
 
 
 def _load_model(source: ModelSource, device: str) -> TextGenerator:
