@@ -1,24 +1,88 @@
-"""The resume point of a Trainer-backed stage: the newest trainer checkpoint
-in the stage's checkpoint directory, the state the trainer saved there, and
-training that resumes from it."""
+"""The resume point of a Trainer-backed stage: the newest *complete* trainer
+checkpoint in the stage's checkpoint directory, the state the trainer saved
+there, and training that resumes from it.
+
+A checkpoint is complete when the Trainer's own files are there: the weights,
+(unless only the model was saved) optimizer, scheduler and RNG state, and a
+``trainer_state.json`` that parses -- the Trainer writes that file last, so a
+SIGKILL or a full disk at any instant of the save leaves it absent or
+truncated.  An incomplete checkpoint is set aside (moved to
+``incomplete/checkpoint-N`` in the checkpoint dir, with a warning) and the
+previous complete one is the resume point."""
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from recipe_runner import StageContext
 
+#: the weights file of a checkpoint, under one of the names transformers / peft save it
+WEIGHTS_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+)
+#: the optimizer state next to the weights: the Trainer's file, or DeepSpeed's pointer to its own
+OPTIMIZER_FILES = ("optimizer.pt", "latest")
+#: where incomplete checkpoints are moved, inside the stage's checkpoint dir
+SET_ASIDE_DIR = "incomplete"
+_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def _saved_trainer_state(checkpoint: Path) -> dict[str, Any] | None:
+    """The checkpoint's trainer_state.json, None when absent or truncated."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def checkpoint_is_complete(checkpoint: Path) -> bool:
+    """Whether the Trainer finished saving ``checkpoint``: a parseable trainer
+    state (written last), a weights file and the optimizer state (the stages
+    never set save_only_model)."""
+    if _saved_trainer_state(checkpoint) is None:
+        return False
+    return all(any((checkpoint / name).is_file() for name in names) for names in (WEIGHTS_FILES, OPTIMIZER_FILES))
+
+
+def set_aside_incomplete_checkpoints(ctx: StageContext[Any]) -> list[Path]:
+    """Move every incomplete ``checkpoint-N`` of the stage to
+    ``incomplete/checkpoint-N`` (replacing an earlier one set aside there),
+    warning about each; returns where they went."""
+    root = Path(ctx.checkpoint_dir)
+    moved: list[Path] = []
+    for path in sorted(root.iterdir()):
+        if not (path.is_dir() and _CHECKPOINT_NAME.match(path.name)) or checkpoint_is_complete(path):
+            continue
+        target = root / SET_ASIDE_DIR / path.name
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        path.rename(target)
+        ctx.log.warning("checkpoint %s is incomplete (interrupted while saving): set aside as %s", path, target)
+        moved.append(target)
+    return moved
+
 
 def last_checkpoint(ctx: StageContext[Any]) -> str | None:
-    """The newest trainer checkpoint in the stage's checkpoint dir, logged
-    with its step so a resume is visible in the run's log."""
+    """The newest complete trainer checkpoint in the stage's checkpoint dir
+    (incomplete ones set aside first), logged with its step so a resume is
+    visible in the run's log."""
     from transformers.trainer_utils import get_last_checkpoint
 
     if not Path(ctx.checkpoint_dir).is_dir():
         return None
+    set_aside_incomplete_checkpoints(ctx)
     ckpt = get_last_checkpoint(str(ctx.checkpoint_dir))
     if ckpt:
         step = ckpt.rsplit("-", 1)[-1]

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from recipe_runner import MODEL, REWARD_MODEL, Facts, Input, Params, Stage
 
@@ -25,7 +25,10 @@ DATA_PATH_DESC = (
 
 
 class FineTuningParams(Params):
-    """The starting model and the examples, by path (each replaces its input)."""
+    """The starting model and the examples, by path (each replaces its input);
+    the stages' infinite and NaN floats are refused."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     model_name_or_path: str | None = Field(None, description=MODEL_PATH_DESC)
     data_path: str | None = Field(None, description=DATA_PATH_DESC)

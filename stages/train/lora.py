@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from recipe_runner import Params, StageError
 
@@ -17,6 +17,8 @@ from ..common.devices import torch_dtype
 
 class LoraParams(Params):
     """LoRA adapter settings (peft.LoraConfig)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     r: int = Field(16, ge=1, description="rank of the low-rank update matrices (the course uses 16)")
     alpha: int = Field(

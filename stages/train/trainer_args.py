@@ -5,9 +5,10 @@ trainer's output directory so checkpoints survive a crash."""
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, field_validator
 
 from recipe_runner import Params, StageContext
 
@@ -16,15 +17,22 @@ from ..common.devices import Device, Precision, cpu_threads_field, resolve_devic
 ReportTarget = Literal["none", "wandb", "tensorboard", "mlflow"]
 
 
+#: the package each report_to integration of transformers needs
+TRACKER_PACKAGES: dict[str, str] = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow"}
+
+
 def _report_nowhere() -> list[ReportTarget]:
     return ["none"]
 
 
 class TrainingParams(Params):
-    """Fields every trainer-backed stage accepts (names as in transformers)."""
+    """Fields every trainer-backed stage accepts (names as in transformers);
+    infinite and NaN floats are refused."""
 
-    max_steps: int = Field(-1, description="optimizer steps to run; -1 trains for num_train_epochs")
-    num_train_epochs: float = Field(1.0, description="epochs when max_steps is -1")
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    max_steps: int = Field(-1, ge=-1, description="optimizer steps to run (>= 1); -1 trains for num_train_epochs")
+    num_train_epochs: float = Field(1.0, gt=0, description="epochs when max_steps is -1")
     per_device_train_batch_size: int = Field(2, ge=1)
     per_device_eval_batch_size: int = Field(2, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
@@ -35,7 +43,7 @@ class TrainingParams(Params):
     warmup_steps: int = Field(0, ge=0)
     warmup_ratio: float = Field(0.0, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm (0: no clipping)")
     optim: str = Field(
         "adamw_torch",
         description="transformers optimizer name (adamw_torch, adamw_torch_fused, adafactor, paged_adamw_8bit, ...)",
@@ -55,6 +63,24 @@ class TrainingParams(Params):
     )
     fsdp: str | None = Field(None, description="FSDP options string, e.g. 'full_shard auto_wrap'")
     fsdp_config: dict[str, Any] | None = None
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_installed(cls, value: list[ReportTarget]) -> list[ReportTarget]:
+        missing = [t for t in value if t in TRACKER_PACKAGES and importlib.util.find_spec(TRACKER_PACKAGES[t]) is None]
+        if missing:
+            raise ValueError(
+                f"report_to {', '.join(missing)}: not installed; install the trackers with "
+                'pip install "recipe-runner[tracking]"'
+            )
+        return value
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_or_epochs(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("max_steps must be at least 1, or -1 to train for num_train_epochs")
+        return value
 
 
 def training_arguments_kwargs(p: TrainingParams, ctx: StageContext[Any], has_eval: bool) -> dict[str, Any]:
@@ -81,6 +107,7 @@ def training_arguments_kwargs(p: TrainingParams, ctx: StageContext[Any], has_eva
         "fp16": precision == "fp16",
         "use_cpu": device == "cpu",
         "logging_steps": p.logging_steps,
+        "logging_nan_inf_filter": False,  # a NaN loss must reach the progress callback, which stops on it
         "save_strategy": "steps",
         "save_steps": p.save_steps,
         "save_total_limit": p.save_total_limit,

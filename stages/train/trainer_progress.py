@@ -1,23 +1,56 @@
 """How a Trainer-backed stage reports while and after it trains: a trainer
 callback that drives the runner's progress display, keeps the log history and
-sends each logged point to the recipe's experiment tracker, the first and
-last value of logged quantities, and the loss curve as a PNG."""
+sends each logged point to the recipe's experiment tracker, the stop at the
+first non-finite loss or gradient norm (before a checkpoint or the output
+holds the broken weights), the first and last value of logged quantities,
+and the loss curve as a PNG."""
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from recipe_runner import StageContext
+from recipe_runner import StageContext, StageError
 from recipe_runner.stage import Progress
+
+#: logged quantities whose non-finite value means training has diverged
+DIVERGENCE_KEYS = ("loss", "grad_norm", "pg_loss", "vf_loss")
+
+
+def stop_at_non_finite(stage: str, step: int, logs: Mapping[str, Any]) -> None:
+    """Raise a StageError naming the step when a loss or gradient norm in
+    ``logs`` is NaN or infinite."""
+    bad = {k: v for k, v in logs.items() if k in DIVERGENCE_KEYS and isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        found = ", ".join(f"{k}={v}" for k, v in bad.items())
+        raise StageError(
+            f"{stage}: training diverged at step {step} ({found}); stopped, nothing committed, the last "
+            "checkpoint before it is kept (lower learning_rate, set max_grad_norm, or check the data)"
+        )
+
+
+def stop_at_non_finite_weights(stage: str, step: int, params: Iterable[Any]) -> None:
+    """Raise a StageError naming the step when a weight is NaN or infinite
+    (checked before a checkpoint is written and at the end of training)."""
+    import torch
+
+    if not all(bool(torch.isfinite(w).all()) for w in params if w.is_floating_point()):
+        raise StageError(
+            f"{stage}: training diverged by step {step} (non-finite weights); stopped, nothing committed, "
+            "the last checkpoint before it is kept (lower learning_rate, set max_grad_norm, or check the data)"
+        )
 
 
 def progress_callback(ctx: StageContext[Any], description: str) -> Any:
     """A TrainerCallback that drives the runner's progress display, keeps the
-    log history (loss, eval loss, learning rate) for the stage's metrics and
-    sends each logged point to the experiment tracker (``ctx.track``)."""
+    log history (loss, eval loss, learning rate) for the stage's metrics,
+    sends each logged point to the experiment tracker (``ctx.track``) and
+    stops training at the first non-finite loss or gradient norm (and at
+    non-finite weights before a checkpoint save and at the end)."""
     from transformers import TrainerCallback
 
     class _Callback(TrainerCallback):
@@ -31,9 +64,11 @@ def progress_callback(ctx: StageContext[Any], description: str) -> Any:
             self._bar = self._cm.__enter__()
             self._bar.update(state.global_step)
 
-        def on_step_end(self, args, state, control, **kw):
+        def on_step_end(self, args, state, control, model=None, **kw):
             if self._bar is not None:
                 self._bar.update(state.global_step)
+            if control.should_save and model is not None:
+                stop_at_non_finite_weights(ctx.name, state.global_step, model.parameters())
 
         def on_log(self, args, state, control, logs=None, **kw):
             if logs:
@@ -41,11 +76,14 @@ def progress_callback(ctx: StageContext[Any], description: str) -> Any:
                 self.history.append({"step": state.global_step, **values})
                 ctx.log.info("step %d: %s", state.global_step, ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
                 ctx.track(state.global_step, values)
+                stop_at_non_finite(ctx.name, state.global_step, values)
 
-        def on_train_end(self, args, state, control, **kw):
+        def on_train_end(self, args, state, control, model=None, **kw):
             if self._cm is not None:
                 self._cm.__exit__(None, None, None)
                 self._cm = None
+            if model is not None:
+                stop_at_non_finite_weights(ctx.name, state.global_step, model.parameters())
 
     return _Callback()
 

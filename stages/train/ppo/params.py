@@ -48,9 +48,9 @@ class PPOParams(FineTuningParams):
     cliprange: float = Field(0.2, gt=0, description="policy ratio clip range")
     cliprange_value: float = Field(0.2, gt=0, description="value prediction clip range")
     vf_coef: float = Field(0.1, ge=0, description="weight of the value loss")
-    max_grad_norm: float | None = Field(1.0, description="gradient clipping (None: off)")
+    max_grad_norm: float | None = Field(1.0, ge=0, description="gradient clipping (None or 0: off)")
     whiten_rewards: bool = Field(False, description="normalise per-token rewards before GAE")
-    score_clip: float | None = Field(None, description="clip reward-model scores to +-score_clip")
+    score_clip: float | None = Field(None, gt=0, description="clip reward-model scores to +-score_clip")
     early_stop_kl: float | None = Field(
         None,
         description="stop a batch's PPO epochs when the approximate KL between the old and new policy exceeds "

@@ -145,6 +145,7 @@ def _train(ctx: StageContext[PPOParams], run: _PPORun) -> float:
     """The PPO iterations from where the run stands to ``steps``, the
     held-out reward measured first (unless the checkpoint has it), a
     checkpoint every ``save_steps``.  Returns the held-out reward before PPO."""
+    from ..trainer_progress import stop_at_non_finite, stop_at_non_finite_weights
     from .engine import mean_reward
     from .report import log_iteration
     from .rollouts import PromptOrder
@@ -165,11 +166,13 @@ def _train(ctx: StageContext[PPOParams], run: _PPORun) -> float:
             responses = engine.generate(queries, generator_seed=ctx.seed + step)
             stats = engine.step(queries, responses, run.reward_fn(queries, responses), shuffle_seed=ctx.seed + step)
             ctx.track(step + 1, dict(stats))
+            stop_at_non_finite(ctx.name, step + 1, stats)
             stats["step"] = step + 1
             progress.history.append(stats)
             if (step + 1) % p.logging_steps == 0 or step == start:
                 log_iteration(ctx.log, stats)
             if (step + 1) % p.save_steps == 0 and step + 1 < p.steps:
+                stop_at_non_finite_weights(ctx.name, step + 1, engine.trainable)
                 run.checkpoint.save(engine, progress, step + 1)
             bar.update(step + 1)
     return before
@@ -180,10 +183,12 @@ def _finish(ctx: StageContext[PPOParams], run: _PPORun, before: float, base: str
     the policy saved as a model (LoRA merged, no value head) with its
     history, and a final checkpoint."""
     from ...common.models import save_model_artifact
+    from ..trainer_progress import stop_at_non_finite_weights
     from .engine import mean_reward
     from .report import sample_metrics, summary_metrics, write_history
 
     p, engine, progress = ctx.params, run.engine, run.progress
+    stop_at_non_finite_weights(ctx.name, p.steps, engine.trainable)
     eval_seed = ctx.seed + EVAL_SEED_OFFSET
     after = mean_reward(engine, run.eval_queries, run.reward_fn, eval_seed)
     ctx.log.info("mean reward on held-out prompts: %.4f before, %.4f after PPO", before, after)

@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from recipe_runner.artifacts import Artifact
+from recipe_runner.stage import StageError
 from recipe_runner.testing import run_stage
 from recipe_runner_stages.train.ppo.stage import PPOStage
 
@@ -47,3 +49,25 @@ def test_ppo_stage_reports_and_resumes(
     assert second.metrics["resumed_from_step"] == 2
     assert second.metrics["reward_before"] == m["reward_before"]  # kept from the checkpoint
     assert len((second.outputs["model"].path / "ppo_history.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_diverging_ppo_run_stops_naming_the_step(
+    tmp_path: Path, tiny_model: Artifact, reward_model: Artifact, alpaca_dataset: Artifact
+) -> None:
+    """A learning rate that overflows the policy: PPO stops with the step named and writes no model."""
+    params = {
+        "batch_size": 4,
+        "mini_batch_size": 2,
+        "ppo_epochs": 1,
+        "max_new_tokens": 4,
+        "learning_rate": 1e30,
+        "max_grad_norm": None,
+        "eval_prompts": 4,
+        "save_steps": 1,
+        "max_prompt_length": 48,
+        "steps": 4,
+    }
+    inputs = {"model": tiny_model, "reward_model": reward_model, "dataset": alpaca_dataset}
+    with pytest.raises(StageError, match=r"ppo: training diverged (at|by) step \d"):
+        run_stage(PPOStage, params, inputs=inputs, workdir=tmp_path)
+    assert not (tmp_path / "output" / "model").exists()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -132,6 +134,19 @@ def _run(args: list[str], **kw) -> subprocess.Popen:
     )
 
 
+def _uninterrupted_weights(init_model: Artifact, packed_dir: Path, params: dict, workdir: Path) -> dict:
+    """The weights the same training ends with when no checkpoint interrupts it."""
+    from safetensors.torch import load_file
+
+    straight = run_stage(
+        PretrainStage,
+        {**params, "save_steps": 1000},
+        inputs={"model": init_model, "dataset": Artifact(PACKED_DATASET, packed_dir)},
+        workdir=workdir,
+    )
+    return load_file(str(straight.outputs["model"].path / "model.safetensors"))
+
+
 def test_kill_and_resume(init_model, packed_dir, tmp_path):
     import torch
     from safetensors.torch import load_file
@@ -166,15 +181,54 @@ def test_kill_and_resume(init_model, packed_dir, tmp_path):
 
     # the same training without the interruption ends with the same weights (optimizer, scheduler, RNG
     # and data position were restored)
-    straight = run_stage(
-        PretrainStage,
-        {**params, "save_steps": 1000},
-        inputs={"model": init_model, "dataset": Artifact(PACKED_DATASET, packed_dir)},
-        workdir=tmp_path / "straight",
-    )
     a = load_file(str(work / "output" / "model" / "model.safetensors"))
-    b = load_file(str(straight.outputs["model"].path / "model.safetensors"))
+    b = _uninterrupted_weights(init_model, packed_dir, params, tmp_path / "straight")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def _kill_while_saving(proc: subprocess.Popen, ckpt_dir: Path, timeout: float = 120) -> str | None:
+    """SIGKILL ``proc`` at an instant a checkpoint dir exists without its
+    trainer_state.json (the Trainer is mid-save); the dir's name, None when the
+    run ended or timed out first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        saving = [p for p in ckpt_dir.glob("checkpoint-*") if not (p / "trainer_state.json").exists()]
+        if saving and int(saving[0].name.split("-")[1]) > 5:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return saving[0].name if saving[0].exists() else None
+        time.sleep(0.001)
+    return None
+
+
+def test_kill_mid_save_sets_the_checkpoint_aside_and_resumes(init_model, packed_dir, tmp_path):
+    """A SIGKILL while the Trainer writes checkpoint-N: the re-run sets it aside,
+    resumes from the previous complete one and ends with the weights of an
+    uninterrupted run, bit for bit."""
+    from safetensors.torch import load_file
+
+    params = {**FAST, "max_steps": 40, "save_steps": 5, "save_total_limit": 2}
+    work = tmp_path / "killed"
+    args = [str(init_model.path), str(packed_dir), str(work), json.dumps(params)]
+    killed_in = None
+    for _ in range(3):  # the save window is short: retry from scratch when the run outpaced the poll
+        killed_in = _kill_while_saving(_run(args), work / "checkpoint")
+        if killed_in:
+            break
+        shutil.rmtree(work, ignore_errors=True)
+    assert killed_in, "never caught the trainer mid-save"
+    assert not (work / "checkpoint" / killed_in / "trainer_state.json").exists()
+
+    resumed = _run(args)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    assert f"{killed_in} is incomplete" in err and "set aside" in err
+    metrics = json.loads(out.strip().splitlines()[-1])
+    assert metrics["resumed_from_step"] < int(killed_in.split("-")[1]) and metrics["global_step"] == 40
+
+    a = load_file(str(work / "output" / "model" / "model.safetensors"))
+    b = _uninterrupted_weights(init_model, packed_dir, params, tmp_path / "straight")
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
 
 
 def test_checkpoint_at_max_steps_is_not_trained_further(init_model, packed, tmp_path):
@@ -235,3 +289,44 @@ def test_rows_longer_than_the_upstream_positions_fail_at_plan_time():
     assert PretrainStage.output_facts(PretrainParams(), {"model": {MAX_POSITIONS: 64}}) == {
         "model": {MAX_POSITIONS: 64}
     }
+
+
+def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint(init_model, packed, tmp_path):
+    """A learning rate that overflows the weights (zero on step 1 by the warmup, 1e35 on step 2): the
+    stage stops with a StageError naming the step, writes no output and keeps the checkpoint before it."""
+    from safetensors.torch import load_file
+
+    params = {**FAST, "max_steps": 10, "learning_rate": 1e38, "warmup_steps": 1000, "max_grad_norm": 0}
+    params.update(logging_steps=1, save_steps=1, save_total_limit=5)
+    with pytest.raises(StageError, match=r"pretrain: training diverged (at|by) step (\d+)") as err:
+        run_stage(PretrainStage, params, inputs={"model": init_model, "dataset": packed}, workdir=tmp_path)
+    step = int(re.search(r"step (\d+)", str(err.value)).group(1))
+    assert 1 < step < 10
+    assert not (tmp_path / "output" / "model").exists()
+    kept = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "checkpoint").glob("checkpoint-*"))
+    assert kept and kept[-1] == step - 1
+    weights = load_file(str(tmp_path / "checkpoint" / f"checkpoint-{kept[-1]}" / "model.safetensors"))
+    assert all(bool(w.isfinite().all()) for w in weights.values())
+
+
+def test_cpu_threads_is_a_run_setting_that_leaves_the_output_unchanged(init_model, packed, tmp_path):
+    """cpu_threads stays out of the stage's key: 1 and 2 threads write byte-identical files (the
+    trainer history compared without its wall-clock fields, which differ between any two runs)."""
+    import hashlib
+
+    from recipe_runner.keys import run_settings
+
+    timing = ("runtime", "per_second")
+
+    def written(threads: int) -> tuple[dict[str, str], list[dict[str, float]]]:
+        params = {**FAST, "max_steps": 6, "logging_steps": 2, "cpu_threads": threads}
+        inputs = {"model": init_model, "dataset": packed}
+        out = run_stage(PretrainStage, params, inputs=inputs, workdir=tmp_path / f"t{threads}").outputs["model"].path
+        files = [f for f in sorted(out.rglob("*")) if f.is_file() and f.name != "trainer_history.json"]
+        history = json.loads((out / "trainer_history.json").read_text())
+        steps = [{k: v for k, v in h.items() if not any(t in k for t in timing)} for h in history]
+        return {str(f.relative_to(out)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}, steps
+
+    assert run_settings(PretrainParams(cpu_threads=2)) == {"cpu_threads": 2}
+    one, two = written(1), written(2)
+    assert "model.safetensors" in one[0] and one == two
