@@ -117,8 +117,10 @@ def _answer(session: ChatSession, text: str, out: TextIO, interactive: bool) -> 
             out.write(piece)
             out.flush()
             pieces.append(piece)
-    except KeyboardInterrupt:  # Ctrl-C stops this reply, not the chat
+    except KeyboardInterrupt:  # at a terminal, Ctrl-C stops this reply, not the chat
         stream.close()
+        if not interactive:
+            raise
         out.write(" [stopped]")
     out.write("\n")
     out.flush()

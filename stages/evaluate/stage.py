@@ -169,7 +169,7 @@ def _write(ctx: StageContext[EvalParams], model_dir: Path, metrics: dict[str, An
     to the run; the ``report`` artifact."""
     table = metrics_table(metrics, f"eval: {ctx.name}")
     if table:
-        ctx.log.info("evaluation results\n%s", table)
+        ctx.log.debug("evaluation results\n%s", table)  # on the console with -v; in the report and log
     report["metrics"] = metrics
     out = ctx.output_path("report")
     write_report(out, report, table, model_dir)

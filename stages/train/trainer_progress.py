@@ -74,7 +74,7 @@ def progress_callback(ctx: StageContext[Any], description: str) -> Any:
             if logs:
                 values = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
                 self.history.append({"step": state.global_step, **values})
-                ctx.log.info("step %d: %s", state.global_step, ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
+                ctx.log.debug("step %d: %s", state.global_step, ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
                 ctx.track(state.global_step, values)
                 stop_at_non_finite(ctx.name, state.global_step, values)
 
