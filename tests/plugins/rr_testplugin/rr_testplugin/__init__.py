@@ -7,10 +7,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 from pydantic import Field
-
-from pathlib import Path
 
 from recipe_runner import Artifact, Input, Params, PlanView, Stage, StageContext, StageError, run_setting
 
