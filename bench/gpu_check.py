@@ -383,7 +383,7 @@ def tail(path: Path, n: int = 6) -> str:
 # ---------------------------------------------------------------- summaries
 
 
-STEP_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+ step (\d+): loss=")
+STEP_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (?:\S+ )+?step (\d+): loss=")  # logger, level
 
 
 def steady_tokens_per_second(log_text: str, tokens_per_step: float) -> dict[str, float] | None:
