@@ -64,12 +64,12 @@ class Count(Stage):
                     raise StageError(f"planned failure at step {i}")
                 time.sleep(p.sleep)
                 done.append(p.start + i + (sum(json.loads(Path(p.from_file).read_text())) if p.from_file else 0))
+                ctx.track(i, {"value": done[-1]})  # before the step is committed: a kill re-logs it, never loses it
                 tmp = state_file.with_suffix(f".{os.getpid()}.tmp")  # ranks of a multi-process launch share it
                 tmp.write_text(json.dumps(done))
                 os.replace(tmp, state_file)
                 (ctx.checkpoint_dir / "progress.log").open("a").write(f"{os.getpid()} {i}\n")
                 bar.advance()
-                ctx.track(i, {"value": done[-1]})
         out = ctx.output_path("numbers")
         (out / "numbers.json").write_text(json.dumps(done))
         ctx.metrics["count"] = len(done)
