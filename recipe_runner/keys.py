@@ -126,7 +126,7 @@ def key_parts(
     for dotted, path in sorted(cls.local_inputs(params).items()):
         _blank(key_params, dotted)
         local[dotted] = path_digest(Path(path), cache) if Path(path).exists() else f"missing:{path}"
-    return {
+    parts = {
         "plugin": cls.name,
         "version": cls.version,
         "source": plugin_source_digest(cls, cache),
@@ -136,6 +136,11 @@ def key_parts(
         "inputs": dict(sorted(inputs.items())),
         "seed": recipe.seed,
     }
+    if stage.launch is not None and stage.launch.world_size() > 1:
+        # ranks x per-device batch is the global batch, and it changes the result; the
+        # launcher and the strategy (DDP, FSDP, ZeRO shard the same computation) do not key it
+        parts["world_size"] = stage.launch.world_size()
+    return parts
 
 
 def run_settings(params: Params) -> dict[str, Any]:
@@ -160,6 +165,8 @@ def describe_change(before: Mapping[str, Any] | None, now: Mapping[str, Any]) ->
             out.append(f"input {slot} changed")
     if before.get("seed") != now["seed"]:
         out.append(f"seed {before.get('seed')} -> {now['seed']}")
+    if before.get("world_size", 1) != now.get("world_size", 1):
+        out.append(f"processes {before.get('world_size', 1)} -> {now.get('world_size', 1)}")
     if before.get("extra") != now["extra"]:
         out.append("plugin-specific inputs changed")
     return out

@@ -19,10 +19,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from . import launch as launch_block
 from .errors import Problem, RecipeError, closest
 from .located_yaml import Loc, LocDict, LocList, load_located, loads_located, locate, to_plain
 from .redaction import SECRET_NAME_RE, redact
 from .registry import PluginError, Registry, default_registry
+from .launch import LaunchSpec
 from .stage import Facts, Input, Params, PlanView, Stage, Upstream
 from .tracking import TrackingSpec, missing_package
 
@@ -46,6 +48,9 @@ class StageSpec(BaseModel):
     remove: bool = Field(
         False, description="with extends: drop the base stage of this name (the entry needs only `name`)"
     )
+    launch: dict[str, Any] | None = Field(
+        None, description="this stage's launch block, merged over the recipe's (stages that can run distributed)"
+    )
 
 
 class RecipeSpec(BaseModel):
@@ -65,6 +70,11 @@ class RecipeSpec(BaseModel):
     )
     tracking: TrackingSpec | None = Field(
         None, description="experiment tracking for every stage: {backend: wandb|mlflow|tensorboard, project, dir}"
+    )
+    launch: LaunchSpec | None = Field(
+        None,
+        description="processes, nodes, launcher and strategy of every stage that can run distributed "
+        "(pretrain, sft, reward, dpo); a stage's own launch: is merged over it",
     )
     secrets: list[str] = Field(
         default_factory=list,
@@ -97,6 +107,7 @@ class ResolvedStage:
     bindings: dict[str, Binding | None]
     outputs: dict[str, str]
     facts: dict[str, Facts] = field(default_factory=dict)  # output -> what the plugin declared about it
+    launch: LaunchSpec | None = None  # set for a stage that runs distributed (its merged launch block)
 
     def params_json(self) -> dict[str, Any]:
         return self.params.model_dump(mode="json")
@@ -609,7 +620,9 @@ def load_recipe(
     if recipe_name and not NAME_RE.fullmatch(recipe_name):
         f, line, col = locate(data, ("name",)) or file_loc
         problems.append(Problem(f"recipe name {recipe_name[:120]!r} {NAME_RULE}", f, line, col, field="name"))
+    launch_default = plain.get("launch") if isinstance(plain.get("launch"), dict) else None
     resolved = _resolve_stages(stage_specs, defaults, registry, data, file_loc, problems)
+    _resolve_launch(resolved, launch_default, dict(stage_specs), data, problems)
     spec_inputs = {i: s.inputs for i, s in stage_specs}
     _bind_inputs(resolved, spec_inputs, data, file_loc, problems, removed)
     if not trust_code:
@@ -731,6 +744,35 @@ def _resolve_stages(
             msg = f"default '{k}' is not a parameter of any stage in this recipe"
             problems.append(Problem(msg, f, line, col, field=f"defaults.{k}", suggestion=closest(k, all_fields)))
     return resolved
+
+
+def _resolve_launch(
+    resolved: list[ResolvedStage],
+    recipe_level: dict[str, Any] | None,
+    specs: dict[int, StageSpec],
+    data: LocDict,
+    problems: list[Problem],
+) -> None:
+    """Each stage's launch block: the recipe's merged with its own, for the
+    stages whose plugin can run distributed; a stage's own block on a stage
+    that cannot is an error saying why."""
+    for r in resolved:
+        own = specs[r.index].launch
+        if r.stage_cls.distributed is not True:
+            if own:
+                why = r.stage_cls.distributed if isinstance(r.stage_cls.distributed, str) else "it runs in one process"
+                f, line, col = locate(data, ("stages", r.index, "launch")) or (None, None, None)
+                msg = f"stage '{r.name}' ({r.type}) cannot run distributed: {why}; remove its launch:"
+                problems.append(Problem(msg, f, line, col, stage=r.name, field=f"stages[{r.index}].launch"))
+            continue
+        merged = launch_block.merge(recipe_level, own)
+        if not merged:
+            continue
+        try:
+            r.launch = LaunchSpec.model_validate(merged)
+        except ValidationError as e:
+            if own:  # the recipe-level block alone is reported by the recipe's own validation
+                problems.extend(_pydantic_problems(e, LaunchSpec, data, ("stages", r.index, "launch"), r.name))
 
 
 def _check_stage_name(

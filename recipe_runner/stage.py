@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from .artifacts import Artifact
+from .launch import LaunchSpec
 
 
 class Params(BaseModel):
@@ -170,6 +171,7 @@ class StageContext(Generic[P]):
     lineage: Lineage | None = None
     progress_sink: ProgressSink | None = None
     tracker: Any = None  # the stage's experiment-tracker run, when the recipe has `tracking:`
+    launch: LaunchSpec | None = None  # how the stage was launched (distributed stages only)
 
     def output_path(self, output: str) -> Path:
         """Directory where the stage writes the named output (created)."""
@@ -230,6 +232,10 @@ class Stage(Generic[P]):
     inputs: ClassVar[Mapping[str, Input]] = {}
     outputs: ClassVar[Mapping[str, str]] = {}
     aliases: ClassVar[tuple[str, ...]] = ()
+    #: True: the stage can run in several processes (``launch:``), every rank
+    #: running ``run`` with the same checkpoint dir, rank 0's outputs committed;
+    #: a string: why it cannot (shown when a recipe gives it a ``launch:``).
+    distributed: ClassVar[bool | str] = False
 
     @classmethod
     def input_slots(cls, params: P) -> Mapping[str, Input]:
@@ -270,6 +276,13 @@ class Stage(Generic[P]):
         e.g. ``{"dataset": {SEQ_LENGTH: 1024}}``.  ``inputs`` holds the facts of
         each bound input slot, so a stage can pass them through (a trained model
         keeps its input model's ``MAX_POSITIONS``)."""
+        return {}
+
+    @classmethod
+    def plan_estimate(cls, view: PlanView[P], launch: LaunchSpec) -> Mapping[str, Any]:
+        """What ``recipe plan`` shows for a distributed stage beside its
+        processes and strategy: estimates such as memory per device and time
+        per step (JSON-able values).  Must be cheap and must not import torch."""
         return {}
 
     @classmethod

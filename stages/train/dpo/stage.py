@@ -60,6 +60,7 @@ class DPOParams(PreferenceParams):
 
 class DPOStage(PreferenceStage[DPOParams]):
     name = "dpo"
+    distributed = True  # data-parallel through the Trainer (DDP, FSDP, DeepSpeed) under `launch:`
     version = "1"
     description = "Direct Preference Optimization with trl's DPOTrainer (policy + frozen reference)"
     Params = DPOParams

@@ -31,6 +31,10 @@ EVAL_SEED_OFFSET = 10_000
 
 class PPOStage(FineTuningStage[PPOParams]):
     name = "ppo"
+    distributed = (
+        "its PPO loop (stages/train/ppo/engine.py) samples, scores and updates in one process; it has no "
+        "data-parallel path yet (run the sft and reward stages distributed, then ppo once)"
+    )
     version = "1"
     description = "RLHF with PPO: value head, clipped objective, adaptive KL penalty, reward-model scores"
     Params = PPOParams

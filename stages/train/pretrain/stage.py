@@ -35,6 +35,7 @@ from .params import PretrainParams
 
 class PretrainStage(Stage[PretrainParams]):
     name = "pretrain"
+    distributed = True  # data-parallel through the Trainer (DDP, FSDP, DeepSpeed) under `launch:`
     version = "1"
     description = (
         "Pretrain or continue pretraining a causal LM on packed rows with transformers' Trainer "

@@ -28,6 +28,7 @@ class RewardParams(PreferenceParams):
 
 class RewardStage(PreferenceStage[RewardParams]):
     name = "reward"
+    distributed = True  # data-parallel through the Trainer (DDP, FSDP, DeepSpeed) under `launch:`
     version = "1"
     description = "Reward model (sequence classifier) on preference pairs with trl's RewardTrainer"
     Params = RewardParams

@@ -21,6 +21,7 @@ from .trainer import SFTSetup
 
 class SFTStage(FineTuningStage[SFTParams]):
     name = "sft"
+    distributed = True  # data-parallel through the Trainer (DDP, FSDP, DeepSpeed) under `launch:`
     version = "1"
     description = "Supervised fine-tuning (full, LoRA, QLoRA) with trl's SFTTrainer"
     Params = SFTParams
