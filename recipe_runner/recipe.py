@@ -21,10 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import launch as launch_block
 from .errors import Problem, RecipeError, closest
+from .launch import LaunchSpec
 from .located_yaml import Loc, LocDict, LocList, load_located, loads_located, locate, to_plain
 from .redaction import SECRET_NAME_RE, redact
 from .registry import PluginError, Registry, default_registry
-from .launch import LaunchSpec
 from .stage import Facts, Input, Params, PlanView, Stage, Upstream
 from .tracking import TrackingSpec, missing_package
 
