@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .redaction import RedactSecrets
 from .stage import Progress, ProgressSink
@@ -163,5 +164,5 @@ def summary_table(manifest: dict[str, Any], title: str, width: int = 80) -> Tabl
         status = "cached" if e.get("cached") and e["status"] == "done" else e["status"]
         secs = "" if e.get("seconds") is None else f"{e['seconds']:.1f}"
         detail = e.get("error") or format_metrics(e.get("metrics") or {}, width=metrics_w)
-        t.add_row(e["name"], e["type"], f"[{style.get(e['status'], '')}]{status}[/]", secs, detail)
+        t.add_row(e["name"], e["type"], f"[{style.get(e['status'], '')}]{status}[/]", secs, Text(detail))
     return t

@@ -126,6 +126,8 @@ class Recipe:
     secrets: frozenset[str] = frozenset()  # values from secret environment variables: redacted on output
     cache: str | None = None  # the recipe's shared stage cache URL
     tracking: TrackingSpec | None = None
+    overrides: tuple[str, ...] = ()  # the --set assignments it was loaded with (ranks of a launch reload it)
+    trust_code: bool = False
 
     def stage(self, name: str) -> ResolvedStage:
         for s in self.stages:
@@ -644,6 +646,8 @@ def load_recipe(
         frozenset(secrets),
         spec.cache,
         spec.tracking,
+        tuple(overrides or ()),
+        trust_code,
     )
     return recipe
 

@@ -23,13 +23,14 @@ from .capture import library_output_to, summarize
 from .digests import DigestCache
 from .errors import RunError
 from .keys import run_settings
+from .launch import LaunchSpec
 from .planning import CACHED, RUN, SKIP, Keys, PlanItem, Selection, plan, stage_key
 from .planning import status as run_status
 from .recipe import Recipe, ResolvedStage
 from .redaction import RedactSecrets, redact
 from .shared_cache import SharedCache
 from .stage import Lineage, Params, ProgressSink, Stage, StageContext, StageError, StageRef, UpstreamRecord
-from .store import RunStore
+from .store import RunStore, world_size
 from .tracking import Tracking
 
 log = logging.getLogger("recipe_runner")
@@ -326,7 +327,7 @@ class Runner:
                 ctx.inputs = self._inputs(item, manifest)
                 if resumed:
                     stage_log.info("resuming: in-stage checkpoints found in %s", ckpt)
-                returned = self._call_stage(s, ctx)
+                returned = self._call_stage(s, ctx, item)
                 outputs = collect_outputs(s.stage_cls, s.params, ctx, returned)
                 self._check_unchanged(item, local_before)
                 self._commit(item, tmp, outputs, ctx.metrics, time.perf_counter() - t, resumed, entry)
@@ -404,7 +405,10 @@ class Runner:
             metrics=view["metrics"],
         )
 
-    def _call_stage(self, s: ResolvedStage, ctx: StageContext[Any]) -> Mapping[str, Artifact]:
+    def _call_stage(self, s: ResolvedStage, ctx: StageContext[Any], item: PlanItem) -> Mapping[str, Artifact]:
+        if s.launch is not None and s.launch.world_size() > 1 and world_size() == 1:
+            return self._launch(s, s.launch, ctx, item)
+        ctx.launch = s.launch
         if not self.quiet_libraries:
             return s.stage_cls().run(ctx) or {}
         log_file = self.store.logs_dir / f"{s.name}.log"
@@ -415,6 +419,24 @@ class Runner:
             summary = summarize(captured, " recipe_runner.")
             if summary:
                 ctx.log.info("%s went to %s", summary, log_file)
+
+    def _launch(self, s: ResolvedStage, spec: LaunchSpec, ctx: StageContext[Any], item: PlanItem) -> dict[str, Any]:
+        """Run the stage in ``spec.world_size()`` processes (see :mod:`recipe_runner.launcher`)."""
+        from .launcher import DistributedLaunch
+
+        assert ctx.lineage is not None and item.fingerprint is not None
+        job = {
+            "recipe_file": str(self.recipe.file.resolve()),
+            "overrides": list(self.recipe.overrides),
+            "trust_code": self.recipe.trust_code,
+            "stage": s.name,
+            "checkpoint": str(ctx.checkpoint_dir),
+            "resumed": ctx.resumed,
+            "inputs": {k: None if a is None else a.to_json() for k, a in ctx.inputs.items()},
+            "lineage": ctx.lineage.to_json(),
+        }
+        tmp = ctx.output_dir.parent
+        return DistributedLaunch(ctx, spec, job, tmp, self.store.logs_dir).run()
 
     def _check_unchanged(self, item: PlanItem, before: dict[str, list[list[int]]]) -> None:
         after = self._local_signatures(item)
