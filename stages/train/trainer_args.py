@@ -10,7 +10,8 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
-from recipe_runner import Params, StageContext
+from recipe_runner import Params, StageContext, StageError
+from recipe_runner.launch import LaunchSpec
 
 from ..common.devices import Device, Precision, cpu_threads_field, resolve_device, resolve_precision
 
@@ -121,7 +122,7 @@ def training_arguments_kwargs(p: TrainingParams, ctx: StageContext[Any], has_eva
         "save_only_model": False,
     }
     kw.update(_checkpointing_kwargs(p.gradient_checkpointing))
-    kw.update(_distributed_kwargs(p))
+    kw.update(_distributed_kwargs(p, ctx.launch, device))
     return kw
 
 
@@ -141,8 +142,17 @@ def _checkpointing_kwargs(enabled: bool) -> dict[str, Any]:
     return kw
 
 
-def _distributed_kwargs(p: TrainingParams) -> dict[str, Any]:
-    """DeepSpeed / FSDP settings, passed only when the recipe sets them."""
+def _distributed_kwargs(p: TrainingParams, launch: LaunchSpec | None, device: str) -> dict[str, Any]:
+    """DeepSpeed / FSDP settings: the stage's raw ``deepspeed`` / ``fsdp``
+    parameters when the recipe sets them, else the ``launch:`` block's strategy
+    (a shipped preset or its raw config); nothing for DDP.  On CPU, FSDP and
+    ZeRO are refused: accelerate (the Trainer's engine) enables FSDP only for
+    GPUs and would silently train DDP instead."""
+    if launch is not None and launch.strategy != "ddp" and device == "cpu":
+        raise StageError(
+            f"strategy {launch.strategy} needs GPUs: on CPU the Trainer (accelerate) would silently run plain DDP; "
+            "use strategy: ddp on CPU"
+        )
     kw: dict[str, Any] = {}
     if p.deepspeed is not None:
         kw["deepspeed"] = p.deepspeed
@@ -150,4 +160,14 @@ def _distributed_kwargs(p: TrainingParams) -> dict[str, Any]:
         kw["fsdp"] = p.fsdp
         if p.fsdp_config:
             kw["fsdp_config"] = p.fsdp_config
+    if kw or launch is None:
+        return kw
+    if launch.world_size() > 1:
+        kw["ddp_find_unused_parameters"] = False  # every parameter that trains is used: skip the extra graph walk
+    config = launch.strategy_config()
+    if launch.strategy == "deepspeed":
+        kw["deepspeed"] = config
+    elif launch.strategy == "fsdp":
+        kw["fsdp"] = True
+        kw["fsdp_config"] = config
     return kw
