@@ -288,6 +288,13 @@ class RunLock:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
+            if e.errno in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK):
+                fh.close()
+                raise RunError(
+                    f"the filesystem of {self.path.parent} does not support file locks ({e.strerror}), which keep "
+                    "two runs out of one run directory: on Lustre mount it with -o flock (not localflock), on NFS "
+                    "run the lock service (NFSv3: rpc.statd/lockd; NFSv4 has it built in)"
+                ) from None
             if e.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
             fh.seek(0)

@@ -165,3 +165,19 @@ stages:
     assert proc.returncode != 0
     assert "preset 'fsdp_full_shard' is a fsdp config; set strategy: fsdp" in proc.stderr
     assert "r.yaml:4:23: stage 'allreduce': stages[0].launch: Value error, processes must be at least 1" in proc.stderr
+
+
+def test_a_run_directory_on_a_filesystem_without_locks_gets_a_clear_error(monkeypatch, tmp_path):
+    """Lustre without -o flock answers flock() with ENOSYS: say so instead of a traceback."""
+    import errno
+    import fcntl
+
+    from recipe_runner.errors import RunError
+    from recipe_runner.store import RunLock
+
+    def no_locks(fh, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(RunError, match=r"does not support file locks .* on Lustre mount it with -o flock"):
+        RunLock(tmp_path / "run" / ".lock").acquire()
