@@ -39,10 +39,12 @@ def launch_command(spec: LaunchSpec, job_file: Path, env: dict[str, str]) -> lis
         return command
     n = str(spec.per_node())
     if spec.launcher == "accelerate":
+        # --multi_gpu is its torchrun-based launcher, on CPU too (--cpu starts one process); precision and
+        # compilation stay with the Trainer, which sets them from the stage's parameters
         port = str(spec.port or _free_port())
-        hardware = ["--multi_gpu"] if _gpus_visible() else ["--cpu"]
-        return [sys.executable, "-m", "accelerate.commands.launch", *hardware, "--num_processes", n,
-                "--num_machines", "1", "--main_process_port", port, *worker]  # fmt: skip
+        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", n,
+                "--num_machines", "1", "--main_process_port", port, "--mixed_precision", "no",
+                "--dynamo_backend", "no", *worker]  # fmt: skip
     rdzv = ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{spec.port}"] if spec.port else ["--standalone"]
     return [sys.executable, "-m", "torch.distributed.run", *rdzv, "--nnodes", "1", "--nproc-per-node", n,
             "--max-restarts", "0", "--monitor-interval", "0.5", *worker]  # fmt: skip
@@ -57,19 +59,19 @@ def _free_port() -> int:
         return port
 
 
-def _gpus_visible() -> bool:
-    from .launch import visible_gpus
-
-    return visible_gpus() > 0
-
-
 class DistributedLaunch:
     """One launch of one stage: ``run()`` returns rank 0's outputs and fills
     ``ctx.metrics`` with its metrics."""
 
     def __init__(self, ctx: StageContext[Any], spec: LaunchSpec, job: dict[str, Any], tmp: Path, logs: Path):
         self.ctx, self.spec, self.tmp, self.logs = ctx, spec, tmp, logs
-        self.job = {**job, "tmp": str(tmp), "logs": str(logs), "tracking": ctx.tracker is not None}
+        self.job = {
+            **job,
+            "tmp": str(tmp),
+            "logs": str(logs),
+            "tracking": ctx.tracker is not None,
+            "world_size": spec.world_size(),
+        }
 
     def run(self) -> dict[str, Artifact]:
         for stale in (self.tmp / RESULT, self.tmp / "events.jsonl"):

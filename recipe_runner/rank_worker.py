@@ -46,6 +46,8 @@ def run(job: dict[str, Any]) -> None:
     from .runner import collect_outputs  # the same checks as an in-process stage
 
     rank, world = rank_and_world()
+    if world != job["world_size"]:
+        raise StageError(f"the launcher started {world} process(es), the launch block asks for {job['world_size']}")
     tmp, logs = Path(job["tmp"]), Path(job["logs"])
     recipe = load_recipe(job["recipe_file"], job["overrides"], trust_code=job["trust_code"])
     s = recipe.stage(job["stage"])

@@ -17,15 +17,16 @@ import pytest
 
 RECIPE = """
 name: ranks
-launch: {{processes: {processes}}}
+launch: {{processes: {processes}, launcher: {launcher}}}
 stages:
   - {{type: allreduce, params: {{steps: {steps}, sleep: {sleep}{extra}}}}}
   - {{type: multiply, params: {{factor: 2}}}}
 """
 
 
-def _recipe(write, tmp_path: Path, processes: int = 2, steps: int = 3, sleep: float = 0.0, extra: str = "") -> Path:
-    return write(tmp_path / "r.yaml", RECIPE.format(processes=processes, steps=steps, sleep=sleep, extra=extra))
+def _recipe(write, tmp_path: Path, processes=2, steps=3, sleep=0.0, extra="", launcher="torchrun") -> Path:
+    text = RECIPE.format(processes=processes, steps=steps, sleep=sleep, extra=extra, launcher=launcher)
+    return write(tmp_path / "r.yaml", text)
 
 
 def _cmd(recipe: Path, wd: Path, *more: str) -> list[str]:
@@ -65,8 +66,11 @@ def _steps_done(wd: Path) -> int:
     return len(logs[0].read_text().splitlines()) if logs else 0
 
 
-def test_a_distributed_stage_runs_in_two_processes_and_rank0_is_committed(recipe_cli, status_json, write, tmp_path):
-    recipe, wd = _recipe(write, tmp_path), tmp_path / "runs"
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_a_distributed_stage_runs_in_two_processes_and_rank0_is_committed(
+    recipe_cli, status_json, write, tmp_path, launcher
+):
+    recipe, wd = _recipe(write, tmp_path, launcher=launcher), tmp_path / "runs"
     proc = recipe_cli("run", str(recipe), "--workdir", str(wd))
     assert proc.returncode == 0, proc.stderr
     stages = {s["name"]: s for s in status_json(recipe, wd)["stages"]}
