@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU proof of recipe-runner: run the recipes under recipes/gpu/ in the order that gives the most value
 # first -- (a) TinySolar-248m bf16 pretraining with tokens/s, TFLOP/s and MFU, (b) QLoRA SFT, (c)
-# bitsandbytes / GPTQ quantization, (d) DeepSpeed ZeRO-2 / FSDP -- each within a time budget, skipping to
+# bitsandbytes / GPTQ quantization, (d) DeepSpeed ZeRO-2 / FSDP, (e) with 2+ GPUs, the pretrain stage's
+# scaling from 1 to N processes (bench/gpu_scaling.py) -- each within a time budget, skipping to
 # the next on failure, and print one summary line per recipe (JSON lines in $OUT/gpu_check.jsonl, else
 # runs/gpu_check/gpu_check.jsonl).  docs/gpu.md says how to run it on a GPU machine.
 #
@@ -140,4 +141,11 @@ if ! have_project "$py"; then
     echo "gpu_check: recipe-runner is not importable with $py; nothing to run" >&2
     exit 2
 fi
-exec "$py" bench/gpu_check.py "${pass[@]}"
+"$py" bench/gpu_check.py "${pass[@]}"
+rc=$?
+# (e) multi-GPU scaling of the pretrain stage as `recipe run` launches it, where 2+ GPUs are at hand
+ngpu=$("$py" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)' 2>/dev/null || echo 0)
+if [[ " ${pass[*]} " != *" --smoke "* ]] && ((ngpu >= 2)) && [[ ",$only," == *",e,"* || "$only" == "a,b,c,d" ]]; then
+    "$py" bench/gpu_scaling.py --out "${OUT:-runs/gpu_check}/gpu_check.jsonl" || rc=1
+fi
+exit $rc

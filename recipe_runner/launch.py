@@ -76,6 +76,10 @@ class LaunchSpec(BaseModel):
     def world_size(self) -> int:
         return self.per_node() * self.nodes
 
+    def needs_launcher(self) -> bool:
+        """More than one process, or a strategy that needs torch.distributed even in one (FSDP, DeepSpeed)."""
+        return self.world_size() > 1 or self.strategy != "ddp"
+
     def strategy_config(self) -> dict[str, Any] | None:
         """The DeepSpeed / FSDP config the trainer gets (preset or raw), None for ddp."""
         if self.config is not None:

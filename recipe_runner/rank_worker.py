@@ -59,7 +59,7 @@ def run(job: dict[str, Any]) -> None:
         EventLogHandler(writer) if writer else logging.FileHandler(logs / f"{s.name}.rank{rank}.log")
     )
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    handler.setLevel(logging.INFO)
+    handler.setLevel(logging.DEBUG)  # as in-process: the stage log file gets every record, the console INFO and up
     log.addHandler(handler)
     ctx: StageContext[Any] = StageContext(
         name=s.name,

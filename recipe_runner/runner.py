@@ -30,7 +30,7 @@ from .recipe import Recipe, ResolvedStage
 from .redaction import RedactSecrets, redact
 from .shared_cache import SharedCache
 from .stage import Lineage, Params, ProgressSink, Stage, StageContext, StageError, StageRef, UpstreamRecord
-from .store import RunStore, world_size
+from .store import RunStore, under_launcher
 from .tracking import Tracking
 
 log = logging.getLogger("recipe_runner")
@@ -406,7 +406,7 @@ class Runner:
         )
 
     def _call_stage(self, s: ResolvedStage, ctx: StageContext[Any], item: PlanItem) -> Mapping[str, Artifact]:
-        if s.launch is not None and s.launch.world_size() > 1 and world_size() == 1:
+        if s.launch is not None and s.launch.needs_launcher() and not under_launcher():
             return self._launch(s, s.launch, ctx, item)
         ctx.launch = s.launch
         if not self.quiet_libraries:

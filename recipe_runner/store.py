@@ -40,6 +40,11 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE") or "1")
 
 
+def under_launcher() -> bool:
+    """This process was started by torchrun / accelerate launch / srun (it must not launch again)."""
+    return "LOCAL_RANK" in os.environ or world_size() > 1
+
+
 def process_rank() -> int:
     """This process's rank under `accelerate launch` / torchrun (0 otherwise)."""
     return int(os.environ.get("RANK") or "0") if world_size() > 1 else 0

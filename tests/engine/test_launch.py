@@ -185,3 +185,22 @@ def test_a_run_directory_on_a_filesystem_without_locks_gets_a_clear_error(monkey
     monkeypatch.setattr(fcntl, "flock", no_locks)
     with pytest.raises(RunError, match=r"does not support file locks .* on Lustre mount it with -o flock"):
         RunLock(tmp_path / "run" / ".lock").acquire()
+
+
+@pytest.mark.parametrize(("visible", "per_node"), [("0,1,2,3", 4), ("1", 1), ("", 1), ("-1", 1)])
+def test_processes_auto_is_the_visible_gpus_and_1_without(monkeypatch, visible, per_node):
+    from recipe_runner.launch import LaunchSpec
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    spec = LaunchSpec(processes="auto", nodes=2)
+    assert (spec.per_node(), spec.world_size()) == (per_node, 2 * per_node)
+
+
+def test_fsdp_and_deepspeed_are_launched_even_in_one_process():
+    """They need torch.distributed, which only a launcher sets up; one-process DDP runs in-process."""
+    from recipe_runner.launch import LaunchSpec
+
+    assert LaunchSpec(processes=1, strategy="deepspeed").needs_launcher()
+    assert LaunchSpec(processes=1, strategy="fsdp").needs_launcher()
+    assert not LaunchSpec(processes=1).needs_launcher()
+    assert LaunchSpec(processes=2).needs_launcher()
