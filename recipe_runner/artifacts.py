@@ -29,6 +29,8 @@ SEQ_LENGTH = "seq_length"  # packed dataset: tokens per row
 MAX_POSITIONS = "max_positions"  # model: max_position_embeddings
 VOCAB_SIZE = "vocab_size"  # model or tokenizer: vocabulary size
 DOCUMENT_SEPARATOR = "document_separator"  # tokenized dataset: documents carry a BOS or EOS token (bool)
+VOCAB_SIZE_AT_MOST = "vocab_size_at_most"  # tokenizer trained in the run: its requested size (may end smaller)
+MODEL_SHAPE = "model_shape"  # model: {num_hidden_layers, hidden_size, intermediate_size, heads, vocab_size...}
 
 KINDS: dict[str, str] = {
     DATASET: "a datasets.DatasetDict saved to disk (splits 'train' and optionally 'validation'), text in a column",

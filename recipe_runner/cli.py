@@ -217,6 +217,7 @@ def plan(
 ) -> None:
     """Show what `recipe run` would do and why (new / parameters changed / input changed / cached)."""
     from .errors import RunError
+    from .plan_estimates import estimate_lines, stage_estimates
     from .planning import Selection
     from .planning import plan as make_plan
     from .store import RunStore
@@ -227,6 +228,7 @@ def plan(
     except RunError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(EXIT_INVALID) from None
+    estimates = stage_estimates(r, {i.stage.name for i in items if i.action != "skip"})
     if as_json:
         typer.echo(
             json.dumps(
@@ -237,6 +239,7 @@ def plan(
                         "action": i.action,
                         "reason": i.reason,
                         "fingerprint": i.fingerprint,
+                        **({"launch": estimates[i.stage.name]} if i.stage.name in estimates else {}),
                     }
                     for i in items
                 ],
@@ -245,6 +248,8 @@ def plan(
         )
     else:
         _print_plan(items, r.name)
+        for name, entry in estimates.items():  # distributed stages: launch, memory per device, time per step
+            typer.echo("\n".join(estimate_lines(name, entry)))
 
 
 @app.command()
@@ -295,6 +300,77 @@ def verify(recipe: str = RecipeArg, set_: list[str] | None = SetOpt, workdir: Pa
     verdict = f"{len(problems)} corrupt file(s); `recipe run --force STAGE` rebuilds one" if problems else "all intact"
     typer.echo(f"verified {checked} stage outputs in {time.perf_counter() - t:.2f}s: {verdict}")
     raise typer.Exit(EXIT_STAGE_FAILED if problems else EXIT_OK)
+
+
+@app.command()
+def submit(
+    recipe: str = RecipeArg,
+    nodes: int = typer.Option(..., "--nodes", min=1, help="nodes to allocate (launch.nodes of the run)"),
+    gpus_per_node: int = typer.Option(
+        ..., "--gpus-per-node", min=1, help="GPUs per node; every distributed stage runs one process per GPU"
+    ),
+    partition: str | None = typer.Option(None, "--partition", help="Slurm partition"),
+    time_limit: str | None = typer.Option(None, "--time", help="wall-clock limit in Slurm syntax, e.g. 1-12:00:00"),
+    account: str | None = typer.Option(None, "--account", help="Slurm account to charge"),
+    cpus_per_node: int | None = typer.Option(
+        None, "--cpus-per-node", min=1, help="CPUs per node (sbatch --cpus-per-task) [default: 4 per GPU]"
+    ),
+    set_: list[str] | None = SetOpt,
+    workdir: Path = WorkdirOpt,
+    trust_code: bool = TrustOpt,
+    cache: str | None = CacheOpt,
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the sbatch script, submit nothing"),
+) -> None:
+    """Run a recipe on a Slurm cluster: write an sbatch script that runs `recipe run` on the first of NODES
+    nodes (its distributed stages start NODES x GPUS-PER-NODE processes through srun), submit it with sbatch
+    and print the job id.  The work directory must be on a filesystem every node sees."""
+    import shutil
+
+    from .slurm import render_sbatch
+    from .store import RunStore
+
+    scale = [f"launch.nodes={nodes}", f"launch.processes={gpus_per_node}"]
+    r = _load(recipe, [*(set_ or []), *scale], _trusted(trust_code))
+    if not any(s.launch is not None for s in r.stages):
+        typer.echo(f"warning: no stage of recipe {r.name} can run distributed: all run once, on one node", err=True)
+    sbatch = shutil.which("sbatch")
+    if sbatch is None and not dry_run:
+        typer.echo("error: `sbatch` is not on PATH: run `recipe submit` where Slurm is installed (a login node), "
+                   "or add --dry-run to print the script", err=True)  # fmt: skip
+        raise typer.Exit(EXIT_INVALID)
+    logs = RunStore(workdir, r.name).logs_dir
+    run_options = [*(["--trust-code"] if _trusted(trust_code) else []), *(["--cache", cache] if cache else [])]
+    script = render_sbatch(
+        _recipe_path(recipe), job_name=f"recipe-{r.name}", nodes=nodes, gpus_per_node=gpus_per_node,
+        workdir=workdir, logs_dir=logs, overrides=list(set_ or []), run_options=run_options, partition=partition,
+        time=time_limit, account=account, cpus_per_node=cpus_per_node,
+    )  # fmt: skip
+    if dry_run:
+        typer.echo(script, nl=False)
+        return
+    assert sbatch is not None
+    _sbatch(sbatch, script, logs, f"{nodes} node(s) x {gpus_per_node} GPU(s)")
+
+
+def _sbatch(sbatch: str, script: str, logs: Path, scale: str) -> None:
+    import re
+    import subprocess
+    import time
+
+    logs.mkdir(parents=True, exist_ok=True)  # Slurm cannot open --output in a missing directory
+    path = logs / f"submit-{time.strftime('%Y%m%d-%H%M%S')}.sbatch"
+    path.write_text(script)
+    proc = subprocess.run([sbatch, str(path)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        typer.echo(f"error: sbatch {path} failed (exit {proc.returncode}): {proc.stderr.strip()}", err=True)
+        raise typer.Exit(EXIT_STAGE_FAILED)
+    m = re.search(r"Submitted batch job (\d+)", proc.stdout) or re.match(r"\s*(\d+)", proc.stdout)
+    if m is None:
+        typer.echo(f"error: sbatch {path} printed no job id: {proc.stdout.strip()}", err=True)
+        raise typer.Exit(EXIT_STAGE_FAILED)
+    job = m.group(1)
+    typer.echo(f"submitted Slurm job {job}: {scale}")
+    typer.echo(f"script: {path}\noutput: {logs / f'slurm-{job}.out'}")
 
 
 ModelTargetArg = typer.Argument(

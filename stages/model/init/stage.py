@@ -27,12 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from recipe_runner import Artifact, Facts, Input, PlanView, Stage, StageContext, StageError
-from recipe_runner.artifacts import MAX_POSITIONS, MODEL, TOKENIZER
+from recipe_runner.artifacts import MAX_POSITIONS, MODEL, MODEL_SHAPE, TOKENIZER
 
 from ...common.models import count_parameters, local_path, save_model_dir
+from ...common.tokenizer_digest import TOKENIZER_DIGEST, tokenizer_digest
 from .params import InitParams
 from .pretrained import start_from_base
 from .random_init import random_init_config, random_model
+from .shape_fact import init_shape
 from .sources import local_config_value, resolve_source
 from .tokenizer_wiring import choose_tokenizer
 
@@ -44,7 +46,7 @@ _CONFIG_FOR_RANDOM = "`config` applies to random init only; this stage starts fr
 class InitStage(Stage[InitParams]):
     name = "init"
     aliases = ("scale",)
-    version = "1"
+    version = "2"  # 2: the digest of the tokenizer saved with the model in the output's meta
     description = (
         "Start a model: random init from a config, a pretrained model for continued pretraining, "
         "or a layer-sliced (downscaled / depth up-scaled) copy of a base model."
@@ -92,7 +94,9 @@ class InitStage(Stage[InitParams]):
             max_pos = local_config_value(params.from_pretrained, "max_position_embeddings")
         elif "model" in inputs:
             max_pos = inputs["model"].get(MAX_POSITIONS)
-        return {"model": {MAX_POSITIONS: max_pos} if isinstance(max_pos, int) else {}}
+        facts: dict[str, Any] = {MAX_POSITIONS: max_pos} if isinstance(max_pos, int) else {}
+        shape = init_shape(params, inputs)  # sizes for the training stages' memory / time estimates
+        return {"model": {**facts, MODEL_SHAPE: shape} if shape is not None else facts}
 
     @classmethod
     def cross_check(cls, view: PlanView[InitParams]) -> list[str]:
@@ -172,4 +176,6 @@ def _save_model(
     )
     ctx.log.info("%s model: %s parameters, %d layers, vocab %d", mode, f"{n_params:,}", len(lmap), vocab)
     meta = {"num_parameters": n_params, "num_layers": len(lmap), "vocab_size": vocab, "layer_map": lmap, "mode": mode}
+    if tokenizer is not None:
+        meta[TOKENIZER_DIGEST] = tokenizer_digest(tokenizer)
     return Artifact(MODEL, out, meta=meta)

@@ -5,11 +5,13 @@ held-out pairs before and after training."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import Field
 
-from recipe_runner import MODEL, Artifact, StageContext
+from recipe_runner import MODEL, Artifact, PlanView, StageContext
+from recipe_runner.launch import LaunchSpec
 
 from ...common.devices import with_cpu_threads
 from ..lora import LoraParams
@@ -65,6 +67,13 @@ class DPOStage(PreferenceStage[DPOParams]):
     description = "Direct Preference Optimization with trl's DPOTrainer (policy + frozen reference)"
     Params = DPOParams
     outputs = {"model": MODEL}
+
+    @classmethod
+    def plan_estimate(cls, view: PlanView[DPOParams], launch: LaunchSpec) -> Mapping[str, Any]:
+        """Memory per device and time per step for `recipe plan` (no torch: resource_estimate.py)."""
+        from ..resource_estimate import estimate_stage
+
+        return estimate_stage(view, launch, "dpo")
 
     @with_cpu_threads
     def run(self, ctx: StageContext[DPOParams]) -> dict[str, Artifact]:

@@ -28,6 +28,7 @@ def save_trained_model(
     history: list[dict[str, Any]],
 ) -> Path:
     """The model directory of the output ``model`` (see the module docstring)."""
+    from ...common.models import match_umask
     from ..trainer_progress import save_loss_curve
 
     out = ctx.output_path("model")
@@ -47,6 +48,7 @@ def save_trained_model(
     (out / "training_args.bin").unlink(missing_ok=True)
     (out / "trainer_history.json").write_text(json.dumps(history, indent=1))
     save_loss_curve(history, out / "loss_curve.png", title=f"{ctx.name}: loss")
+    match_umask(out)  # trainer.save_model writes safetensors 0600 (through a private temporary file)
     return out
 
 

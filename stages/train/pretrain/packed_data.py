@@ -1,7 +1,8 @@
 """The packed rows pretrain trains on: read and checked (a 'train' split with
 'input_ids'), a held-out validation share where the data has no validation
 split, the columns a causal LM takes, and the checks that the rows fit the
-model (row length within its positions, token ids within its vocabulary)."""
+model (the same tokenizer by digest, row length within its positions, token
+ids within its vocabulary)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from recipe_runner import Artifact, StageContext, StageError
 
 from ...common.datasets import load_dataset_dict, require_column
 from ...common.models import MODEL_COLUMNS, max_positions
+from ...common.tokenizer_digest import TOKENIZER_DIGEST, short, tokenizer_digest
 from .params import PretrainParams
 
 
@@ -63,10 +65,35 @@ def check_rows_fit_model(model: Any, ds: Any, seq_len: int) -> int:
     top = max(max_token_id(ds["train"]), max_token_id(ds["validation"]) if "validation" in ds else -1)
     if top >= vocab:
         raise StageError(
-            f"pretrain: the packed data holds token id {top} but the model embeds only {vocab} "
-            "tokens: the data was tokenized with a different tokenizer than the model's"
+            f"pretrain: the packed dataset holds token id {top} but the model's vocabulary has {vocab} "
+            f"tokens (ids 0 to {vocab - 1}): the data was tokenized with another tokenizer than the "
+            "model's. Tokenize with the model's tokenizer, or start the model with the data's tokenizer "
+            "(the init stage's `tokenizer` parameter, or its `tokenizer` input for a random init)"
         )
     return vocab
+
+
+def check_same_tokenizer(data: Artifact, model: Artifact, model_tokenizer: Any) -> str | None:
+    """StageError when the packed data's tokenizer digest (recorded by
+    tokenize, passed on by pack) differs from the model's (recorded by init,
+    else computed from the tokenizer its directory carries); when either is
+    unknown there is nothing to compare.  Returns the model's digest."""
+    data_digest = data.meta.get(TOKENIZER_DIGEST)
+    model_digest = model.meta.get(TOKENIZER_DIGEST) or tokenizer_digest(model_tokenizer)
+    if data_digest and model_digest and data_digest != model_digest:
+        raise StageError(
+            f"pretrain: the packed dataset{_from(data)} was tokenized with tokenizer {short(data_digest)} "
+            f"(vocabulary {data.meta.get('vocab_size', '?')}), but the model{_from(model)} carries tokenizer "
+            f"{short(model_digest)} (vocabulary {model.meta.get('vocab_size', '?')}): the same ids would mean "
+            "other tokens. Tokenize with the model's tokenizer (the tokenize stage's `tokenizer` parameter "
+            "or input), or start the model with the data's tokenizer (the init stage's `tokenizer` "
+            "parameter, or its `tokenizer` input for a random init)"
+        )
+    return model_digest
+
+
+def _from(art: Artifact) -> str:
+    return f" (from stage {art.producer!r})" if art.producer else f" ({art.path})"
 
 
 def max_token_id(ds: Any) -> int:

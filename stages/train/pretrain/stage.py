@@ -28,15 +28,17 @@ from recipe_runner import (
     Stage,
     StageContext,
 )
+from recipe_runner.launch import LaunchSpec
 
 from ...common.devices import with_cpu_threads
+from ...common.tokenizer_digest import TOKENIZER_DIGEST
 from .params import PretrainParams
 
 
 class PretrainStage(Stage[PretrainParams]):
     name = "pretrain"
     distributed = True  # data-parallel through the Trainer (DDP, FSDP, DeepSpeed) under `launch:`
-    version = "1"
+    version = "2"  # 2: the tokenizer digest in the output's meta
     description = (
         "Pretrain or continue pretraining a causal LM on packed rows with transformers' Trainer "
         "(validation loss/perplexity, tokens/s, loss curve, crash-safe resume)."
@@ -51,6 +53,13 @@ class PretrainStage(Stage[PretrainParams]):
     @classmethod
     def output_facts(cls, params: PretrainParams, inputs: Mapping[str, Facts]) -> Mapping[str, Facts]:
         return {"model": inputs.get("model", {})}
+
+    @classmethod
+    def plan_estimate(cls, view: PlanView[PretrainParams], launch: LaunchSpec) -> Mapping[str, Any]:
+        """Memory per device and time per step for `recipe plan` (no torch: resource_estimate.py)."""
+        from ..resource_estimate import estimate_stage
+
+        return estimate_stage(view, launch, "pretrain")
 
     @classmethod
     def cross_check(cls, view: PlanView[PretrainParams]) -> list[str]:
@@ -71,10 +80,11 @@ class PretrainStage(Stage[PretrainParams]):
         from ...common.models import count_parameters
         from .metrics import final_validation, log_summary, loss_curves, train_loss_ends, training_metrics
         from .outputs import save_trained_model
-        from .packed_data import check_rows_fit_model, load_packed, row_length, training_rows
+        from .packed_data import check_rows_fit_model, check_same_tokenizer, load_packed, row_length, training_rows
         from .trainer import (
             build_trainer,
             load_model_to_train,
+            load_model_tokenizer,
             prepare_model,
             resume_point,
             stored_dtype,
@@ -82,12 +92,14 @@ class PretrainStage(Stage[PretrainParams]):
         )
 
         model_dir = Path(ctx.input("model").path)
+        tokenizer = load_model_tokenizer(model_dir)
+        tok_digest = check_same_tokenizer(ctx.input("dataset"), ctx.input("model"), tokenizer)
         ds = load_packed(ctx.input("dataset"))
         train, val = training_rows(ctx, ds)
         seq_len = row_length(ds["train"])
         input_dtype = stored_dtype(model_dir)
         resume = resume_point(ctx)
-        model, tokenizer = load_model_to_train(model_dir, resume)
+        model = load_model_to_train(model_dir, resume)
         vocab = check_rows_fit_model(model, ds, seq_len)
         trainable = prepare_model(ctx, model)
         trainer = build_trainer(ctx, model, train, val)
@@ -112,6 +124,8 @@ class PretrainStage(Stage[PretrainParams]):
             "vocab_size": vocab,
             "global_step": outcome.global_step,
         }
+        if tok_digest:
+            meta[TOKENIZER_DIGEST] = tok_digest
         return {"model": Artifact(MODEL, out, meta=meta)}
 
 

@@ -48,23 +48,25 @@ def stored_dtype(model_dir: Path) -> str:
     return str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32")
 
 
-def load_model_to_train(model_dir: Path, resume: ResumePoint) -> tuple[Any, Any]:
-    """(model in float32, its tokenizer or None): the input model, or the
-    finished checkpoint's."""
+def load_model_tokenizer(model_dir: Path) -> Any:
+    """The tokenizer the input model directory carries, or None."""
+    from ...common.models import load_tokenizer
+
+    if (model_dir / "tokenizer_config.json").exists() or (model_dir / "tokenizer.json").exists():
+        return load_tokenizer(model_dir)
+    return None
+
+
+def load_model_to_train(model_dir: Path, resume: ResumePoint) -> Any:
+    """The model in float32: the input model, or the finished checkpoint's."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ...common.models import load_tokenizer
-
     source = resume.checkpoint if resume.finished and resume.checkpoint else model_dir
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
     except (OSError, ValueError) as e:
         raise StageError(f"pretrain: cannot load the model at {model_dir}: {e}") from None
-    tokenizer = None
-    if (model_dir / "tokenizer_config.json").exists() or (model_dir / "tokenizer.json").exists():
-        tokenizer = load_tokenizer(model_dir)
-    return model, tokenizer
 
 
 def prepare_model(ctx: StageContext[PretrainParams], model: Any) -> dict[str, int]:

@@ -5,11 +5,13 @@ the pairwise accuracy on held-out pairs before and after training."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import Field
 
-from recipe_runner import REWARD_MODEL, Artifact, StageContext, StageError
+from recipe_runner import REWARD_MODEL, Artifact, PlanView, StageContext, StageError
+from recipe_runner.launch import LaunchSpec
 
 from ...common.devices import with_cpu_threads
 from ..preference.params import PreferenceParams
@@ -33,6 +35,13 @@ class RewardStage(PreferenceStage[RewardParams]):
     description = "Reward model (sequence classifier) on preference pairs with trl's RewardTrainer"
     Params = RewardParams
     outputs = {"reward_model": REWARD_MODEL}
+
+    @classmethod
+    def plan_estimate(cls, view: PlanView[RewardParams], launch: LaunchSpec) -> Mapping[str, Any]:
+        """Memory per device and time per step for `recipe plan` (no torch: resource_estimate.py)."""
+        from ..resource_estimate import estimate_stage
+
+        return estimate_stage(view, launch, "reward")
 
     @with_cpu_threads
     def run(self, ctx: StageContext[RewardParams]) -> dict[str, Artifact]:

@@ -8,6 +8,7 @@ from typing import Any
 
 from recipe_runner import ADAPTER, Artifact, StageContext
 
+from ...common.models import match_umask
 from .params import SFTParams
 
 
@@ -16,6 +17,7 @@ def save_adapter(ctx: StageContext[SFTParams], model: Any, tok: Any, out: Path, 
     p = ctx.params
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
+    match_umask(out)  # PEFT's save_pretrained writes adapter_model.safetensors 0600
     meta = {
         "base_model": base_path,
         "method": p.method,

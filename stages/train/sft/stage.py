@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from recipe_runner import ADAPTER, DATASET, MODEL, Artifact, Input, PlanView, StageContext
+from recipe_runner.launch import LaunchSpec
 
 from ...common.devices import with_cpu_threads
 from ...common.models import MODEL_INPUT, local_path
@@ -45,6 +46,13 @@ class SFTStage(FineTuningStage[SFTParams]):
         if template is not None:
             out["chat_template"] = template
         return out
+
+    @classmethod
+    def plan_estimate(cls, view: PlanView[SFTParams], launch: LaunchSpec) -> Mapping[str, Any]:
+        """Memory per device and time per step for `recipe plan` (no torch: resource_estimate.py)."""
+        from ..resource_estimate import estimate_stage
+
+        return estimate_stage(view, launch, "sft")
 
     @classmethod
     def cross_check(cls, view: PlanView[SFTParams]) -> list[str]:

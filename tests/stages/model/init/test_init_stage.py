@@ -54,7 +54,7 @@ def test_cross_checks(tiny_config):
     pretrain = default_registry().load("pretrain")
     init_p = InitStage.Params.model_validate({"config": {**tiny_config, "max_position_embeddings": 64}})
     model_facts = InitStage.output_facts(init_p, {})["model"]
-    assert model_facts == {MAX_POSITIONS: 64}
+    assert model_facts[MAX_POSITIONS] == 64  # beside the model_shape fact of the memory estimate
     view = PlanView(
         "pretrain",
         pretrain.Params(),
@@ -69,7 +69,7 @@ def test_cross_checks(tiny_config):
     pretrained = Upstream("pre", "pretrain", pretrain.Params(), model_facts)
     assert InitStage.cross_check(PlanView("scale", scale, {"model": pretrained})) == []
     # slicing keeps the input model's positions
-    assert InitStage.output_facts(scale, {"model": model_facts}) == {"model": {MAX_POSITIONS: 64}}
+    assert InitStage.output_facts(scale, {"model": model_facts})["model"][MAX_POSITIONS] == 64
 
 
 def _plan_fingerprint(recipe: Path, workdir: Path) -> str:
@@ -125,3 +125,13 @@ def test_the_saved_weights_have_the_permissions_of_every_other_file(base_model):
     out = base_model.outputs["model"].path
     modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in out.iterdir() if f.is_file()}
     assert "model.safetensors" in modes and modes == dict.fromkeys(modes, 0o666 & ~umask)
+
+
+def test_the_model_records_the_digest_of_the_tokenizer_it_carries(base_model, tiny_tokenizer_dir):
+    """The digest init records is the one of its input tokenizer, and of the tokenizer in its directory."""
+    from recipe_runner_stages.common.models import load_tokenizer
+    from recipe_runner_stages.common.tokenizer_digest import TOKENIZER_DIGEST, tokenizer_digest
+
+    model = base_model.outputs["model"]
+    digest = tokenizer_digest(load_tokenizer(tiny_tokenizer_dir))
+    assert model.meta[TOKENIZER_DIGEST] == digest == tokenizer_digest(load_tokenizer(model.path))

@@ -1,14 +1,15 @@
 """pretrain stage: the loss goes down, validation loss / perplexity / tokens/s and the
-loss curve are reported, layer freezing freezes, and a SIGKILLed run resumes
-from its last checkpoint and ends where an uninterrupted run ends."""
+loss curve are reported, layer freezing freezes, a SIGKILLed run resumes from
+its last checkpoint and ends where an uninterrupted run ends, data of another
+tokenizer than the model's is refused, and the saved files follow the umask.
+(The non-finite stop and a kill mid-save are tested through `recipe run` in
+test_pretrain_cli.py.)"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -186,51 +187,6 @@ def test_kill_and_resume(init_model, packed_dir, tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
 
-def _kill_while_saving(proc: subprocess.Popen, ckpt_dir: Path, timeout: float = 120) -> str | None:
-    """SIGKILL ``proc`` at an instant a checkpoint dir exists without its
-    trainer_state.json (the Trainer is mid-save); the dir's name, None when the
-    run ended or timed out first."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        saving = [p for p in ckpt_dir.glob("checkpoint-*") if not (p / "trainer_state.json").exists()]
-        if saving and int(saving[0].name.split("-")[1]) > 5:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return saving[0].name if saving[0].exists() else None
-        time.sleep(0.001)
-    return None
-
-
-def test_kill_mid_save_sets_the_checkpoint_aside_and_resumes(init_model, packed_dir, tmp_path):
-    """A SIGKILL while the Trainer writes checkpoint-N: the re-run sets it aside,
-    resumes from the previous complete one and ends with the weights of an
-    uninterrupted run, bit for bit."""
-    from safetensors.torch import load_file
-
-    params = {**FAST, "max_steps": 40, "save_steps": 5, "save_total_limit": 2}
-    work = tmp_path / "killed"
-    args = [str(init_model.path), str(packed_dir), str(work), json.dumps(params)]
-    killed_in = None
-    for _ in range(3):  # the save window is short: retry from scratch when the run outpaced the poll
-        killed_in = _kill_while_saving(_run(args), work / "checkpoint")
-        if killed_in:
-            break
-        shutil.rmtree(work, ignore_errors=True)
-    assert killed_in, "never caught the trainer mid-save"
-    assert not (work / "checkpoint" / killed_in / "trainer_state.json").exists()
-
-    resumed = _run(args)
-    out, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err[-3000:]
-    assert f"{killed_in} is incomplete" in err and "set aside" in err
-    metrics = json.loads(out.strip().splitlines()[-1])
-    assert metrics["resumed_from_step"] < int(killed_in.split("-")[1]) and metrics["global_step"] == 40
-
-    a = load_file(str(work / "output" / "model" / "model.safetensors"))
-    b = _uninterrupted_weights(init_model, packed_dir, params, tmp_path / "straight")
-    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
-
-
 def test_checkpoint_at_max_steps_is_not_trained_further(init_model, packed, tmp_path):
     """Killed after the last checkpoint but before the output was written: the re-run takes the
     checkpoint as it is (resuming there would make transformers run a step past max_steps)."""
@@ -291,24 +247,6 @@ def test_rows_longer_than_the_upstream_positions_fail_at_plan_time():
     }
 
 
-def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint(init_model, packed, tmp_path):
-    """A learning rate that overflows the weights (zero on step 1 by the warmup, 1e35 on step 2): the
-    stage stops with a StageError naming the step, writes no output and keeps the checkpoint before it."""
-    from safetensors.torch import load_file
-
-    params = {**FAST, "max_steps": 10, "learning_rate": 1e38, "warmup_steps": 1000, "max_grad_norm": 0}
-    params.update(logging_steps=1, save_steps=1, save_total_limit=5)
-    with pytest.raises(StageError, match=r"pretrain: training diverged (at|by) step (\d+)") as err:
-        run_stage(PretrainStage, params, inputs={"model": init_model, "dataset": packed}, workdir=tmp_path)
-    step = int(re.search(r"step (\d+)", str(err.value)).group(1))
-    assert 1 < step < 10
-    assert not (tmp_path / "output" / "model").exists()
-    kept = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "checkpoint").glob("checkpoint-*"))
-    assert kept and kept[-1] == step - 1
-    weights = load_file(str(tmp_path / "checkpoint" / f"checkpoint-{kept[-1]}" / "model.safetensors"))
-    assert all(bool(w.isfinite().all()) for w in weights.values())
-
-
 def test_cpu_threads_is_a_run_setting_that_leaves_the_output_unchanged(init_model, packed, tmp_path):
     """cpu_threads stays out of the stage's key: 1 and 2 threads write byte-identical files (the
     trainer history compared without its wall-clock fields, which differ between any two runs)."""
@@ -330,3 +268,90 @@ def test_cpu_threads_is_a_run_setting_that_leaves_the_output_unchanged(init_mode
     assert run_settings(PretrainParams(cpu_threads=2)) == {"cpu_threads": 2}
     one, two = written(1), written(2)
     assert "model.safetensors" in one[0] and one == two
+
+
+def _init_with(tokenizer_dir: Path, tiny_config: dict, workdir: Path) -> Artifact:
+    from recipe_runner_stages.model.init import InitStage
+
+    res = run_stage(
+        InitStage, {"config": tiny_config}, inputs={"tokenizer": Artifact(TOKENIZER, tokenizer_dir)}, workdir=workdir
+    )
+    return res.outputs["model"]
+
+
+def test_data_of_another_tokenizer_with_the_same_vocabulary_size_is_refused_before_training(
+    tmp_path, packed_dir, tiny_tokenizer_dir, shakespeare_tokenizer_dir, tiny_config
+):
+    """The issue's case: the data was tokenized with one tokenizer, the model carries another of the same
+    vocabulary size (every id fits, so only the digests tell them apart).  Known from the model's meta
+    (recorded by init) or, without it, from the tokenizer in the model's directory."""
+    from recipe_runner_stages.common.models import load_tokenizer
+    from recipe_runner_stages.common.tokenizer_digest import TOKENIZER_DIGEST, tokenizer_digest
+
+    data_digest = tokenizer_digest(load_tokenizer(tiny_tokenizer_dir))
+    data = Artifact(PACKED_DATASET, packed_dir, meta={"vocab_size": 512, TOKENIZER_DIGEST: data_digest})
+    model = _init_with(shakespeare_tokenizer_dir, tiny_config, tmp_path / "init")
+    model_digest = model.meta[TOKENIZER_DIGEST]
+    assert model_digest != data_digest and model.meta["vocab_size"] == 512
+    unrecorded = Artifact(model.kind, model.path, meta={k: v for k, v in model.meta.items() if k != TOKENIZER_DIGEST})
+    for i, m in enumerate((model, unrecorded)):
+        with pytest.raises(StageError) as err:
+            run_stage(
+                PretrainStage,
+                {**FAST, "max_steps": 2},
+                inputs={"model": m, "dataset": data},
+                workdir=tmp_path / f"p{i}",
+            )
+        msg = str(err.value)
+        assert f"was tokenized with tokenizer {data_digest[:12]} (vocabulary 512)" in msg, msg
+        assert f"carries tokenizer {model_digest[:12]} (vocabulary 512)" in msg, msg
+        assert "Tokenize with the model's tokenizer" in msg and "the init stage's `tokenizer` parameter" in msg
+        assert (
+            not list((tmp_path / f"p{i}").rglob("checkpoint-*"))
+            and not (tmp_path / f"p{i}" / "output" / "model").exists()
+        )
+
+    # the same tokenizer on both sides: it trains, and the output model records the digest
+    same = _init_with(tiny_tokenizer_dir, tiny_config, tmp_path / "same")
+    res = run_stage(
+        PretrainStage, {**FAST, "max_steps": 1}, inputs={"model": same, "dataset": data}, workdir=tmp_path / "ok"
+    )
+    assert res.outputs["model"].meta[TOKENIZER_DIGEST] == data_digest
+
+
+def test_token_ids_past_the_models_vocabulary_are_refused(tmp_path, packed, tiny_config):
+    """Rows holding ids up to 511 and a model of 300 tokens (no digests to compare): refused before training."""
+    from recipe_runner_stages.model.init import InitStage
+
+    model = run_stage(InitStage, {"config": tiny_config, "vocab_size": 300}, workdir=tmp_path / "init").outputs["model"]
+    with pytest.raises(StageError, match=r"holds token id \d{3} but the model's vocabulary has 300 tokens") as err:
+        run_stage(
+            PretrainStage, {**FAST, "max_steps": 2}, inputs={"model": model, "dataset": packed}, workdir=tmp_path / "p"
+        )
+    assert "(ids 0 to 299)" in str(err.value) and not list((tmp_path / "p").rglob("checkpoint-*"))
+
+
+def test_a_distributed_save_gives_every_file_the_permissions_the_umask_gives(init_model, make_context, tmp_path):
+    """Under FSDP / DeepSpeed the weights come from trainer.save_model, which writes model.safetensors
+    0600 (through a private temporary file); the committed directory gets 0666 less the umask throughout."""
+    import stat
+
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    from recipe_runner_stages.common.models import load_tokenizer
+    from recipe_runner_stages.train.pretrain.outputs import is_distributed, save_trained_model
+
+    model = AutoModelForCausalLM.from_pretrained(str(init_model.path))
+    trainer = Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path / "t"), report_to=[], use_cpu=True))
+    ctx = make_context(PretrainParams(fsdp="full_shard"), name="pretrain")
+    assert is_distributed(ctx, trainer)  # the trainer.save_model path
+    history = [{"loss": 5.0, "step": 1}, {"loss": 4.0, "step": 2}]
+    before = os.umask(0o027)
+    try:
+        out = save_trained_model(ctx, trainer, model, load_tokenizer(init_model.path), "float32", history)
+    finally:
+        os.umask(before)
+    modes = {str(f.relative_to(out)): stat.S_IMODE(f.stat().st_mode) for f in out.rglob("*") if f.is_file()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "trainer_history.json"} <= set(modes), modes
+    assert modes == dict.fromkeys(modes, 0o640), modes
+    assert AutoModelForCausalLM.from_pretrained(str(out)).config.num_hidden_layers == 2

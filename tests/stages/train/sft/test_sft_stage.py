@@ -162,3 +162,28 @@ def test_resumes_from_the_trainer_checkpoint(
     assert (tmp_path / "checkpoint" / "checkpoint-2").is_dir()
     second = run_stage(SFTStage, {**common, "max_steps": 4}, inputs=inputs, workdir=tmp_path)
     assert second.metrics["resumed_from_step"] == 2 and second.metrics["train_steps"] == 4
+
+
+def test_the_adapter_and_merged_model_files_have_the_permissions_the_umask_gives(
+    tmp_path: Path, tiny_model: Artifact, alpaca_dataset: Artifact, fast: dict[str, Any]
+) -> None:
+    """PEFT's save_pretrained writes adapter_model.safetensors 0600 (safetensors writes through a
+    private temporary file); every committed file gets 0666 less the umask, as any new file does."""
+    import os
+    import stat
+
+    before = os.umask(0o027)
+    try:
+        res = run_stage(
+            SFTStage,
+            {**fast, "max_steps": 1, "method": "lora", "merge": True, "num_samples": 0},
+            inputs={"model": tiny_model, "dataset": alpaca_dataset},
+            workdir=tmp_path,
+        )
+    finally:
+        os.umask(before)
+    for slot in ("adapter", "model"):
+        out = res.outputs[slot].path
+        modes = {str(f.relative_to(out)): stat.S_IMODE(f.stat().st_mode) for f in out.rglob("*") if f.is_file()}
+        assert any(name.endswith(".safetensors") for name in modes), modes
+        assert modes == dict.fromkeys(modes, 0o640), (slot, modes)
