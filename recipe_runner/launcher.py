@@ -97,6 +97,7 @@ class DistributedLaunch:
                 raise
             finally:
                 replay.close()
+                job_file.unlink(missing_ok=True)  # it names the recipe's --set values
         if proc.returncode != 0:
             raise StageError(self._failure(proc.returncode, launcher_log))
         outputs = self._result()

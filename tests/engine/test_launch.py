@@ -204,3 +204,26 @@ def test_fsdp_and_deepspeed_are_launched_even_in_one_process():
     assert LaunchSpec(processes=1, strategy="fsdp").needs_launcher()
     assert not LaunchSpec(processes=1).needs_launcher()
     assert LaunchSpec(processes=2).needs_launcher()
+
+
+def test_rank0_tracks_into_the_stage_tracker_run(recipe_cli, write, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recipe = write(
+        tmp_path / "r.yaml",
+        """
+name: tracked
+tracking: {backend: tensorboard}
+launch: {processes: 2}
+stages:
+  - {type: allreduce, params: {steps: 3}}
+""",
+    )
+    wd = tmp_path / "runs"
+    proc = recipe_cli("run", str(recipe), "--workdir", str(wd))
+    assert proc.returncode == 0, proc.stderr
+    (events,) = (wd / "tracked" / "tracking" / "tensorboard").glob("*/allreduce")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("sum")] == [(0, 3.0), (1, 3.0), (2, 3.0)]
+    assert [e.value for e in acc.Scalars("final/world_size")] == [2.0]
