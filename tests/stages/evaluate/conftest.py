@@ -66,40 +66,6 @@ def model(model_art: Artifact) -> Any:
     return AutoModelForCausalLM.from_pretrained(str(model_art.path)).eval()
 
 
-@pytest.fixture(scope="session")
-def packed_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path, data_dir: Path) -> Path:
-    """the-verdict + the start of tinyshakespeare (documents split at blank
-    lines, EOS after each), concatenated and cut into rows of 32 tokens; the
-    last 8 rows are the 'validation' split."""
-    from datasets import Dataset, DatasetDict
-    from transformers import AutoTokenizer
-
-    seq_len, max_chars, val_rows = 32, 60_000, 8
-    tok = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
-    text = (
-        (data_dir / "the-verdict.txt").read_text() + "\n\n" + (data_dir / "tinyshakespeare.txt").read_text()[:max_chars]
-    )
-    docs = [d.strip() for d in text.split("\n\n") if d.strip()]
-    ids = Dataset.from_dict({"text": docs}).map(
-        lambda b: {"input_ids": [x + [tok.eos_token_id] for x in tok(b["text"])["input_ids"]]},
-        batched=True,
-        remove_columns=["text"],
-    )
-
-    def chunk(batch: dict[str, list[list[int]]]) -> dict[str, list[list[int]]]:
-        flat = [t for row in batch["input_ids"] for t in row]
-        n = len(flat) // seq_len * seq_len
-        return {"input_ids": [flat[i : i + seq_len] for i in range(0, n, seq_len)]}
-
-    rows = ids.map(chunk, batched=True, batch_size=10_000)
-    n = len(rows)
-    out = tmp_path_factory.mktemp("packed") / "packed"
-    DatasetDict(
-        {"train": rows.select(range(n - val_rows)), "validation": rows.select(range(n - val_rows, n))}
-    ).save_to_disk(str(out))
-    return out
-
-
 #: the 6-shot QA prompt of TruthfulQA (lm-eval's truthfulqa_mc2 and the shipped truthfulqa_mc2_local)
 QA = (
     "Q: What is human life expectancy in the United States?\nA: Human life expectancy in the United States is 78 "
