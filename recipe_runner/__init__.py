@@ -24,7 +24,6 @@ from .artifacts import (
     VOCAB_SIZE,
     Artifact,
 )
-from .keys import split_params
 from .stage import (
     Facts,
     Input,
@@ -38,6 +37,7 @@ from .stage import (
     Upstream,
     UpstreamRecord,
     run_setting,
+    split_params,
 )
 
 __version__ = "0.1.0"

@@ -19,11 +19,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
 from .digests import DigestCache, path_digest, walk_files
 from .recipe import Recipe, ResolvedStage
-from .stage import Params, Stage
+from .stage import Params, Stage, split_params
 
 LOCAL = "<local input>"
 
@@ -34,39 +32,6 @@ def canonical(obj: Any) -> str:
 
 def digest(obj: Any) -> str:
     return hashlib.sha256(canonical(obj).encode()).hexdigest()
-
-
-def is_run_setting(model: type[BaseModel], name: str) -> bool:
-    extra = model.model_fields[name].json_schema_extra
-    return isinstance(extra, dict) and bool(extra.get("run_setting"))
-
-
-def split_params(params: BaseModel) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(what changes results, run settings)`` of a parameter model, as JSON."""
-    key: dict[str, Any] = {}
-    settings: dict[str, Any] = {}
-    for name in type(params).model_fields:
-        value = getattr(params, name)
-        if is_run_setting(type(params), name):
-            settings[name] = _json(value)
-        elif isinstance(value, BaseModel):
-            key[name], inner = split_params(value)
-            if inner:
-                settings[name] = inner
-        elif isinstance(value, list) and value and all(isinstance(v, BaseModel) for v in value):
-            pairs = [split_params(v) for v in value]
-            key[name] = [k for k, _ in pairs]
-            if any(s for _, s in pairs):
-                settings[name] = [s for _, s in pairs]
-        else:
-            key[name] = _json(value)
-    return key, settings
-
-
-def _json(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    return json.loads(json.dumps(value, default=str)) if not isinstance(value, str | int | float | bool) else value
 
 
 def _blank(tree: dict[str, Any], dotted: str) -> None:

@@ -8,6 +8,7 @@ name: plugins are found through the ``recipe_runner.stages`` entry-point group.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -62,6 +63,39 @@ Facts = Mapping[str, Any]
 """What a stage declares, at plan time, about one of its outputs (keys such as
 :data:`~recipe_runner.artifacts.SEQ_LENGTH`): downstream checks read these
 instead of another plugin's parameter names."""
+
+
+def is_run_setting(model: type[BaseModel], name: str) -> bool:
+    extra = model.model_fields[name].json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get("run_setting"))
+
+
+def split_params(params: BaseModel) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(what changes results, run settings)`` of a parameter model, as JSON."""
+    key: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
+    for name in type(params).model_fields:
+        value = getattr(params, name)
+        if is_run_setting(type(params), name):
+            settings[name] = _as_json(value)
+        elif isinstance(value, BaseModel):
+            key[name], inner = split_params(value)
+            if inner:
+                settings[name] = inner
+        elif isinstance(value, list) and value and all(isinstance(v, BaseModel) for v in value):
+            pairs = [split_params(v) for v in value]
+            key[name] = [k for k, _ in pairs]
+            if any(s for _, s in pairs):
+                settings[name] = [s for _, s in pairs]
+        else:
+            key[name] = _as_json(value)
+    return key, settings
+
+
+def _as_json(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return json.loads(json.dumps(value, default=str)) if not isinstance(value, str | int | float | bool) else value
 
 
 class Upstream(NamedTuple):

@@ -13,8 +13,8 @@ import pytest
 
 from recipe_runner.artifacts import MODEL, Artifact
 from recipe_runner.errors import RecipeError
-from recipe_runner.keys import is_run_setting
 from recipe_runner.recipe import load_recipe
+from recipe_runner.stage import is_run_setting
 from recipe_runner.testing import run_stage
 from recipe_runner_stages.evaluate.judge.params import EndpointParams
 from recipe_runner_stages.evaluate.stage import EvalStage
