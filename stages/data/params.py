@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from recipe_runner import run_setting
 
@@ -61,5 +61,45 @@ def shard_size_field(default: int = 50_000) -> Any:
             "workers stay balanced). Each finished shard is kept in the stage's checkpoint directory, so a "
             "run that is killed midway redoes only the unfinished shards. A run setting: it does not change "
             "the output."
+        ),
+    )
+
+
+class LocalExecutor(BaseModel):
+    """The shards run in this machine's fork pool (``num_proc`` workers)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["local"] = Field(default="local", description="This machine's pool of forked worker processes.")
+
+
+class RayExecutor(BaseModel):
+    """The shards run as Ray tasks (``pip install "recipe-runner[ray]"``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["ray"] = Field(description="Each shard is a Ray task.")
+    address: str | None = Field(
+        None,
+        description=(
+            "The Ray cluster: 'auto' (a running cluster, as `ray start` makes; an error if none), "
+            "'ray://host:port' (Ray Client) or 'host:port' (the head's GCS), or null: $RAY_ADDRESS when set, "
+            "else a cluster running on this machine, else a local Ray instance started for the run."
+        ),
+    )
+    num_cpus: float = Field(
+        1, gt=0, le=1024, allow_inf_nan=False, description="CPUs Ray reserves for each shard's task."
+    )
+
+
+Executor = Annotated[LocalExecutor | RayExecutor, Field(discriminator="type")]
+
+
+def executor_field() -> Any:
+    return run_setting(
+        LocalExecutor(),
+        description=(
+            "Where the shards run: {type: local} (this machine's fork pool of num_proc workers) or {type: ray, "
+            "address: auto | 'ray://host:port' | null, num_cpus: per task} (each shard a Ray task on a cluster "
+            "whose nodes share the run directory; num_proc does not apply). The shard store, resume and "
+            "output are the same. A run setting: it does not change the output."
         ),
     )

@@ -83,6 +83,7 @@ class ShardStore:
             shutil.rmtree(child, ignore_errors=True)
         shutil.rmtree(self.root / ".scratch", ignore_errors=True)
         keyfile.write_text(digest)
+        self.log = log  # the stage's logger (None: silent)
         self.reused = 0
         self.computed = 0
 

@@ -6,13 +6,13 @@ and a killed run loses little (:func:`plan_dataset`), or plain ranges of rows
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from recipe_runner import Artifact, Params, StageContext
 
 from .arrow_io import row_ranges
-from .params import NumProc
+from .params import Executor, LocalExecutor, NumProc
 from .shard_store import ShardStore, artifact_identity, result_params
 from .workers import AUTO_PARALLEL_MIN_BYTES, MAX_AUTO_PROCS, resolve_num_proc
 
@@ -28,12 +28,14 @@ MAX_SHARD_BYTES = 64 * 2**20
 @dataclass
 class ShardPlan:
     """The shards of one stage run: the input tables by split, the shards
-    ``(name, split, first_row, end_row)`` in order, and the worker count."""
+    ``(name, split, first_row, end_row)`` in order, the worker count and
+    where the shards run (a run setting, as the worker count)."""
 
     tables: dict[str, Any]
     shards: list[tuple[str, str, int, int]]
     num_proc: int
     rows: int
+    executor: Executor = field(default_factory=LocalExecutor)
 
     def names(self, split: str | None = None) -> list[str]:
         """Shard names in row order (of one split, or of all splits in order)."""
@@ -41,9 +43,15 @@ class ShardPlan:
 
 
 def plan_dataset(
-    dd: Any, column: str, shard_size: int, num_proc: NumProc, min_bytes: int = AUTO_PARALLEL_MIN_BYTES
+    dd: Any,
+    column: str,
+    shard_size: int,
+    num_proc: NumProc,
+    min_bytes: int = AUTO_PARALLEL_MIN_BYTES,
+    executor: Executor | None = None,
 ) -> ShardPlan:
-    """Resolve ``num_proc`` for a DatasetDict and plan its shards by bytes of ``column``."""
+    """Resolve ``num_proc`` for a DatasetDict and plan its shards by bytes of
+    ``column``; ``executor`` (default: local) says where :func:`map_shards` runs them."""
     tables = {split: base_table(ds) for split, ds in dd.items()}
     rows = sum(len(ds) for ds in dd.values())
     nproc = resolve_num_proc(num_proc, sum(table_nbytes(ds) for ds in dd.values()), rows, min_bytes=min_bytes)
@@ -52,7 +60,7 @@ def plan_dataset(
         for split, t in tables.items()
         for a, b in plan_shards(t, column, shard_size)
     ]
-    return ShardPlan(tables, shards, nproc, rows)
+    return ShardPlan(tables, shards, nproc, rows, executor or LocalExecutor())
 
 
 def plan_shards(table: Any, column: str, shard_size: int) -> list[tuple[int, int]]:

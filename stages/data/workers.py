@@ -15,6 +15,10 @@ finished in the stage's :class:`~.shard_store.ShardStore`:
 A shard is committed (renamed into place) as soon as its worker is done, so a
 failure or a kill keeps every finished shard for the next run.  A worker that
 dies (killed, out of memory) breaks the pool with an error instead of a hang.
+
+With ``executor: {type: ray}`` in the plan, the shards not yet finished are
+Ray tasks instead (:mod:`.ray_executor`, imported only then), committed the
+same way.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from recipe_runner import StageError
 
-from .shard_store import ShardStore
+from .shard_store import ShardStore, ShardWriter
 
 if TYPE_CHECKING:
+    from .params import Executor
     from .shards import ShardPlan
 
 #: Below this much input text per pass, a worker process costs more than it
@@ -50,6 +55,7 @@ OnDone = Callable[[str, dict[str, Any], int], None]
 # the tables of the running map, inherited by the forked workers
 _FORKED: dict[str, Any] = {}
 _PARENT: list[int] = []  # the pid that forked them
+_TASK_PROCESS: list[bool] = []  # set in a Ray worker process by the ray executor
 
 
 class _Shard(NamedTuple):
@@ -100,8 +106,9 @@ def pool_size(num_proc: int) -> int:
 
 
 def in_worker() -> bool:
-    """True inside a worker process forked by :func:`map_shards`."""
-    return bool(_PARENT) and os.getpid() != _PARENT[0]
+    """True inside a worker process forked by :func:`map_shards` (or a Ray
+    worker running one shard per CPU, see :mod:`.ray_executor`)."""
+    return bool(_TASK_PROCESS) or (bool(_PARENT) and os.getpid() != _PARENT[0])
 
 
 def map_shards(
@@ -114,7 +121,8 @@ def map_shards(
     on_done: OnDone,
     split_kwargs: Mapping[str, dict[str, Any]] | None = None,
 ) -> None:
-    """Make every shard of ``plan`` not yet in ``store``, in ``plan.num_proc`` processes.
+    """Make every shard of ``plan`` not yet in ``store``, in ``plan.num_proc``
+    processes, or as Ray tasks where ``plan.executor`` says so.
 
     ``fn`` must be a module-level function; it is called with ``kwargs`` and,
     for a shard of split ``s``, ``split_kwargs[s]``.  ``on_done(name, meta, rows)`` is
@@ -123,11 +131,46 @@ def map_shards(
     shard_kwargs = {split: {**kwargs, **per_split.get(split, {})} for split in plan.tables}
     work = _ShardMap(store, plan.tables, fn, shard_kwargs, what, on_done)
     todo = work.reuse_finished(plan)
+    if plan.executor.type == "ray":
+        if todo:
+            from .ray_executor import run_on_ray
+
+            run_on_ray(work, todo, plan.executor)
+        return
     procs = min(pool_size(plan.num_proc), len(todo))
     if procs <= 1:
         work.run_here(todo)
     else:
         work.run_forked(todo, procs)
+
+
+def make_shards(
+    store: ShardStore,
+    writers: Mapping[str, ShardWriter],
+    executor: Executor,
+    on_done: Callable[[str, dict[str, Any]], None],
+    *,
+    what: str,
+) -> None:
+    """Make the shards ``writers`` (``name -> write(tmpdir) -> meta``) not yet
+    in ``store``: one after the other in this process, or as Ray tasks (each
+    ``write`` must then be picklable: a ``functools.partial`` of a module-level
+    function).  ``on_done(name, meta)`` is called for each shard, reused or
+    new, reused ones first."""
+    todo = {}
+    for name, write in writers.items():
+        if store.done(name):
+            store.reused += 1
+            on_done(name, store.meta(name))
+        else:
+            todo[name] = write
+    if executor.type == "ray" and todo:
+        from .ray_executor import make_on_ray
+
+        make_on_ray(store, todo, executor, on_done, what)
+        return
+    for name, write in todo.items():
+        on_done(name, store.commit(name, write))
 
 
 @dataclass

@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-NO_HEAVY = ("torch", "transformers", "datasets", "trl", "peft", "accelerate", "lm_eval")
+NO_HEAVY = ("torch", "transformers", "datasets", "trl", "peft", "accelerate", "lm_eval", "ray")
 
 
 def _modules_after(args: list[str]) -> set[str]:

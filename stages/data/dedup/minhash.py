@@ -66,27 +66,47 @@ def lsh_clusters(sig: Any, threshold: float, verify: bool) -> Any:
 def _candidate_pairs(sig: Any, threshold: float) -> tuple[Any, Any]:
     """Distinct (row, bucket's first row) pairs that share a band."""
     import numpy as np
-    from datasketch.lsh import _optimal_param
 
-    m, p = sig.shape
-    b, r = _optimal_param(threshold, p, 0.5, 0.5)
+    b, r = bands_and_rows(threshold, sig.shape[1])
     src, dst = [], []
     for band in range(b):
-        cols = np.ascontiguousarray(sig[:, band * r : (band + 1) * r])
-        keys = cols.view(np.dtype((np.void, cols.dtype.itemsize * r))).ravel()
-        _, inv = np.unique(keys, return_inverse=True)
-        order = np.argsort(inv, kind="stable")
-        sinv = inv[order]
-        start = np.flatnonzero(np.concatenate(([True], sinv[1:] != sinv[:-1])))
-        first_of = np.repeat(order[start], np.diff(np.concatenate((start, [m]))))
-        linked = first_of != order
-        if linked.any():
-            src.append(order[linked])
-            dst.append(first_of[linked])
+        s, d = band_links(sig[:, band * r : (band + 1) * r])
+        if len(s):
+            src.append(s)
+            dst.append(d)
     if not src:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     pairs = np.unique(np.stack([np.concatenate(src), np.concatenate(dst)], axis=1), axis=0)
     return pairs[:, 0], pairs[:, 1]
+
+
+def bands_and_rows(threshold: float, num_perm: int) -> tuple[int, int]:
+    """datasketch's optimal (bands, rows per band) for ``threshold`` (false
+    positives and negatives weighted equally, as ``MinHashLSH`` does)."""
+    from datasketch.lsh import _optimal_param
+
+    b, r = _optimal_param(threshold, num_perm, 0.5, 0.5)
+    return int(b), int(r)
+
+
+def band_links(cols: Any) -> tuple[Any, Any]:
+    """Rows ``cols`` (documents x the band's values) that share their band
+    values with an earlier row, and the first such row of their bucket:
+    ``(rows, first rows)`` as row positions."""
+    import numpy as np
+
+    cols = np.ascontiguousarray(cols)
+    m, r = cols.shape
+    if m < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    keys = cols.view(np.dtype((np.void, cols.dtype.itemsize * r))).ravel()
+    _, inv = np.unique(keys, return_inverse=True)
+    order = np.argsort(inv, kind="stable")
+    sinv = inv[order]
+    start = np.flatnonzero(np.concatenate(([True], sinv[1:] != sinv[:-1])))
+    first_of = np.repeat(order[start], np.diff(np.concatenate((start, [m]))))
+    linked = first_of != order
+    return order[linked], first_of[linked]
 
 
 def _verified(sig: Any, a: Any, c: Any, threshold: float) -> tuple[Any, Any]:

@@ -1,6 +1,9 @@
 """``dedup``: exact (hash of normalized text) and near-duplicate (MinHash-LSH)
 document removal, global across all splits (train first: a validation
 document that repeats a training document is removed from validation).
+The global decisions are made in memory or, past ``max_memory_mb``, in
+passes over partition files on disk (:mod:`.multi_pass`): the same documents
+are removed either way.
 """
 
 from __future__ import annotations
@@ -9,18 +12,19 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from recipe_runner import DATASET, Artifact, Input, Params, Stage, StageContext, StageError
+from recipe_runner import DATASET, Artifact, Input, Params, Stage, StageContext, StageError, run_setting
 
 from ..arrow_io import kept_rows, save_streamed
 from ..inputs import load_documents
 from ..metrics import order_metrics
-from ..params import NumProc, batch_size_field, num_proc_field, shard_size_field
+from ..params import Executor, NumProc, batch_size_field, executor_field, num_proc_field, shard_size_field
 from ..progress_bars import with_quiet_datasets
 from ..shards import ShardPlan, open_shard_store, plan_dataset
 from ..workers import map_shards
 from .exact import Normalize, first_occurrences
 from .hash_shards import HashSettings, hash_shard, load_hashes, load_signatures
 from .minhash import lsh_clusters
+from .multi_pass import exact_keep_partitioned, near_keep_multi_pass
 
 
 class DedupParams(Params):
@@ -58,16 +62,44 @@ class DedupParams(Params):
     minhash_seed: int = Field(
         1, ge=0, le=2**32 - 1, description="Seed of the MinHash permutations (0 to 2**32 - 1, as numpy takes it)."
     )
+    method: Literal["auto", "in_memory", "multi_pass"] = run_setting(
+        "auto",
+        description=(
+            "How the duplicates are found: 'in_memory' (every hash and signature in memory at once), "
+            "'multi_pass' (passes over partition files on disk, working memory bounded by max_memory_mb), or "
+            "'auto' (in_memory when its estimated memory fits in max_memory_mb). A run setting: both remove "
+            "the same documents."
+        ),
+    )
+    max_memory_mb: int = run_setting(
+        1024,
+        ge=1,
+        le=2**20,
+        description=(
+            "Working memory (MiB) of the global dedup passes: 'auto' picks multi_pass above it, and multi_pass "
+            "sizes its partitions and batches to it. A run setting: it does not change the output."
+        ),
+    )
     text_column: str = Field("text", description="Column holding the text.")
     num_proc: NumProc = num_proc_field()
     batch_size: int = batch_size_field()
     shard_size: int = shard_size_field()
+    executor: Executor = executor_field()
 
     @model_validator(mode="after")
     def _some(self) -> DedupParams:
         if not self.exact and not self.near_duplicates:
             raise ValueError("nothing to do: set exact and/or near_duplicates")
         return self
+
+    def multi_pass(self, documents: int) -> bool:
+        """Whether the global passes go through disk: asked for, or 'auto'
+        and the in-memory path's estimated peak (hashes and their sort; the
+        signatures, their candidates' copy and a band's sort) passes max_memory_mb."""
+        if self.method != "auto":
+            return self.method == "multi_pass"
+        per_doc = (32 if self.exact else 0) + (12 * self.num_perm if self.near_duplicates else 0)
+        return documents * per_doc > self.max_memory_mb * 2**20
 
     def hash_settings(self) -> HashSettings:
         return HashSettings(
@@ -101,7 +133,7 @@ class DedupStage(Stage[DedupParams]):
         art, dd = load_documents(ctx, p.text_column)
         # the LSH threshold and verification act on the signatures, after the shards
         store = open_shard_store(ctx, "dedup", self.version, p, art, exclude={"threshold", "verify"})
-        plan = plan_dataset(dd, p.text_column, p.shard_size, p.num_proc)
+        plan = plan_dataset(dd, p.text_column, p.shard_size, p.num_proc, executor=p.executor)
         with ctx.progress("dedup: hashing", total=plan.rows) as prog:
             map_shards(
                 store,
@@ -114,13 +146,18 @@ class DedupStage(Stage[DedupParams]):
         shard_dirs = [store.path(name) for name in plan.names()]
         m = ctx.metrics
         keep = np.ones(plan.rows, dtype=bool)
-        if p.exact:
-            exact_keep = first_occurrences(load_hashes(shard_dirs))
-            m["exact_duplicates_removed"] = int(plan.rows - exact_keep.sum())
-            keep &= exact_keep
-        if p.near_duplicates:
-            with ctx.progress("dedup: MinHash-LSH", total=None):
-                m.update(_remove_near_duplicates(keep, *load_signatures(shard_dirs, p.num_perm), p))
+        if p.multi_pass(plan.rows):
+            ctx.log.info("dedup: multi-pass on disk, working memory bounded by %d MiB", p.max_memory_mb)
+            with ctx.progress("dedup: multi-pass", total=None):
+                m.update(_dedup_on_disk(keep, shard_dirs, store.scratch / "passes", p))
+        else:
+            if p.exact:
+                exact_keep = first_occurrences(load_hashes(shard_dirs))
+                m["exact_duplicates_removed"] = int(plan.rows - exact_keep.sum())
+                keep &= exact_keep
+            if p.near_duplicates:
+                with ctx.progress("dedup: MinHash-LSH", total=None):
+                    m.update(_remove_near_duplicates(keep, *load_signatures(shard_dirs, p.num_perm), p))
         out = ctx.output_path("dataset")
         out_splits = save_streamed(_kept_streams(dd, plan, keep, m), out)
         m["documents_in"] = plan.rows
@@ -139,6 +176,26 @@ class DedupStage(Stage[DedupParams]):
         )
         meta = {**art.meta, "splits": {s: len(d) for s, d in out_splits.items()}}
         return {"dataset": Artifact(DATASET, out, meta=meta)}
+
+
+def _dedup_on_disk(keep: Any, shard_dirs: list[Any], work: Any, p: DedupParams) -> dict[str, int]:
+    """Clear ``keep`` (in place) as the in-memory path does, in passes over
+    files under ``work`` (removed afterwards); return the counts."""
+    import shutil
+
+    budget = p.max_memory_mb * 2**20
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    m: dict[str, int] = {}
+    try:
+        if p.exact:
+            exact_keep_partitioned(shard_dirs, keep, work, budget)
+            m["exact_duplicates_removed"] = int(len(keep) - keep.sum())
+        if p.near_duplicates:
+            m.update(near_keep_multi_pass(shard_dirs, keep, p.threshold, p.verify, p.num_perm, work, budget))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return m
 
 
 def _remove_near_duplicates(keep: Any, sig: Any, has_shingles: Any, p: DedupParams) -> dict[str, int]:

@@ -18,7 +18,7 @@ from recipe_runner import DATASET, Artifact, Input, Params, Stage, StageContext,
 from ..arrow_io import kept_rows, save_streamed
 from ..inputs import load_documents
 from ..metrics import order_metrics
-from ..params import NumProc, batch_size_field, num_proc_field, shard_size_field
+from ..params import Executor, NumProc, batch_size_field, executor_field, num_proc_field, shard_size_field
 from ..progress_bars import with_quiet_datasets
 from ..shard_store import ShardStore
 from ..shards import ShardPlan, open_shard_store, plan_dataset
@@ -47,6 +47,7 @@ class FilterParams(Params):
     num_proc: NumProc = num_proc_field()
     batch_size: int = batch_size_field()
     shard_size: int = shard_size_field()
+    executor: Executor = executor_field()
 
     def filter_names(self) -> list[str]:
         """Each filter's label in the metrics: its ``name`` or type, made unique (``-2``, ``-3``)."""
@@ -110,7 +111,7 @@ class FilterStage(Stage[FilterParams]):
         store = open_shard_store(ctx, "filter", self.version, p, art)
         costly = not all(f.vectorised for f in filters)
         min_bytes = AUTO_PARALLEL_MIN_BYTES_COSTLY if costly else AUTO_PARALLEL_MIN_BYTES
-        plan = plan_dataset(dd, p.text_column, p.shard_size, p.num_proc, min_bytes=min_bytes)
+        plan = plan_dataset(dd, p.text_column, p.shard_size, p.num_proc, min_bytes=min_bytes, executor=p.executor)
         removed = _Removed(p.filter_names())
         with ctx.progress("filter", total=plan.rows) as prog:
             shard_kwargs = {

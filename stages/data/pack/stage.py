@@ -46,6 +46,7 @@ from recipe_runner import (
 )
 
 from ...common.datasets import load_dataset_dict, require_column
+from ...common.tokenizer_digest import TOKENIZER_DIGEST
 from ..arrow_io import load_arrow, save_dataset_dict
 from ..metrics import order_metrics
 from ..params import MAX_BATCH_SIZE
@@ -167,7 +168,7 @@ class _SplitCounts:
 
 class PackStage(Stage[PackParams]):
     name = "pack"
-    version = "2"
+    version = "3"  # 3: the tokenizer digest passed on in the output's meta
     description = (
         "Pack token ids into fixed-length rows: the course's concatenate-and-reshape, document-aware "
         "rows (position ids per document, or best-fit bin packing with padding), or sliding windows."
@@ -357,7 +358,7 @@ def _output_meta(p: PackParams, art: Artifact, out_splits: dict[str, Any]) -> di
         "columns": list(p.columns()),
         "splits": {s: len(d) for s, d in out_splits.items()},
     }
-    for k in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"):
+    for k in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id", TOKENIZER_DIGEST):
         if k in art.meta:
             meta[k] = art.meta[k]
     if p.export_parquet:

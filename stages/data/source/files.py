@@ -23,7 +23,11 @@ from pathlib import Path
 
 from recipe_runner import StageError
 
+from .remote import RemoteFile, is_url, list_remote
 from .specs import FilesSource, HubSource
+
+#: a file a source reads: a local path, or an object a URL entry matched
+InputFile = Path | RemoteFile
 
 FORMAT_BY_SUFFIX = {
     ".jsonl": "json",
@@ -54,7 +58,7 @@ class EntryFiles:
     (``single``)."""
 
     root: Path
-    files: list[Path]
+    files: list[InputFile]
     single: bool
 
 
@@ -63,19 +67,28 @@ class SourceFiles:
     """The files a 'files' source reads (sorted, each once), per entry of
     'path' too, and the paths passed over, counted by reason."""
 
-    files: list[Path]
+    files: list[InputFile]
     entries: list[EntryFiles]
     skipped: Counter[str] = field(default_factory=Counter)
 
 
-def match_files(spec: FilesSource) -> SourceFiles:
-    """The files a 'files' source reads, sorted and de-duplicated."""
-    found: dict[str, Path] = {}
+def match_files(spec: FilesSource, remote: bool = True) -> SourceFiles:
+    """The files a 'files' source reads, sorted and de-duplicated: each URL
+    entry listed once (:func:`list_remote`), or, with ``remote`` False, left
+    out (an empty entry: nothing is asked of the network)."""
+    found: dict[str, InputFile] = {}
     entries: list[EntryFiles] = []
     skipped: Counter[str] = Counter()
     for raw in spec.paths():
+        if is_url(raw):
+            listed = list_remote(raw, spec, spec.name or raw) if remote else []
+            entries.append(EntryFiles(Path(), sorted(listed, key=str), single=False))
+            found.update((str(f), f) for f in listed)
+            continue
         entry = _entry_files(raw, spec, skipped)
-        entry.files = sorted((f for f in entry.files if not _excluded(f, entry.root, spec.exclude)), key=str)
+        entry.files = sorted(
+            (f for f in entry.files if isinstance(f, Path) and not _excluded(f, entry.root, spec.exclude)), key=str
+        )
         entries.append(entry)
         for f in entry.files:
             found.setdefault(str(f), f)
@@ -96,16 +109,17 @@ def files_in_key(spec: FilesSource, field: str) -> dict[str, Path]:
     entry's path itself is left out of the key).  None where nothing matches:
     the run says why."""
     try:
-        matched = match_files(spec)
+        matched = match_files(spec, remote=False)
     except StageError:
         return {}
     out: dict[str, Path] = {}
     for j, entry in enumerate(matched.entries):
         name = f"{field}.{j}" if isinstance(spec.path, list) else field
-        if entry.files:
-            out[name] = entry.files[0]
+        local = [f for f in entry.files if isinstance(f, Path)]
+        if local:
+            out[name] = local[0]
         if not entry.single:
-            out.update({f"{name}/{f.relative_to(entry.root).as_posix()}": f for f in entry.files})
+            out.update({f"{name}/{f.relative_to(entry.root).as_posix()}": f for f in local})
     return out
 
 
@@ -114,7 +128,7 @@ def describe_skipped(skipped: Counter[str]) -> str:
     return ", ".join(f"{n} {why}" for why, n in sorted(skipped.items()))
 
 
-def file_format(spec: FilesSource, path: Path) -> str:
+def file_format(spec: FilesSource, path: InputFile) -> str:
     """'text', 'json', 'parquet' or 'csv': the source's ``format``, or by the
     file's extension (a trailing '.gz' is looked through)."""
     if spec.format != "auto":
@@ -150,9 +164,9 @@ def _entry_files(raw: str, spec: FilesSource, skipped: Counter[str]) -> EntryFil
     p = Path(raw).expanduser()
     if globlib.has_magic(raw):
         root, pattern = split_pattern(p)
-        return EntryFiles(root, _walk(root, pattern, False, skipped), single=False)
+        return EntryFiles(root, [*_walk(root, pattern, False, skipped)], single=False)
     if p.is_dir():
-        return EntryFiles(p, _walk(p, Path(spec.glob or "**/*").parts, True, skipped), single=False)
+        return EntryFiles(p, [*_walk(p, Path(spec.glob or "**/*").parts, True, skipped)], single=False)
     if p.exists() or p.is_symlink():
         why = _named_file_problem(p)
         if why is not None:

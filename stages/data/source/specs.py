@@ -75,14 +75,15 @@ class SourceOptions(BaseModel):
 
 
 class FilesSource(SourceOptions):
-    """Local files: one document per file (e.g. source code) or several per file."""
+    """Local files or fsspec URLs: one document per file (e.g. source code) or several per file."""
 
     type: Literal["files"] = Field("files", description="'files' (the default when 'path' is given).")
     path: str | list[str] = Field(
         ...,
         description=(
             "A file, a directory (combined with 'glob') or a glob pattern (e.g. 'data/**/*.jsonl'); "
-            "or a list of them. Matches are read in sorted order."
+            "or a list of them. Each may be an fsspec URL (s3://bucket/prefix/*.jsonl, gs://, hf://, https://, "
+            "file://), read as a stream. Matches are read in sorted order."
         ),
     )
     glob: str | None = Field(
@@ -125,6 +126,28 @@ class FilesSource(SourceOptions):
         ),
     )
 
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Options of the fsspec filesystem for entries of 'path' that are URLs (s3://, gs://, hf://, "
+            "https://, file://), e.g. {endpoint_url: 'http://127.0.0.1:9000'} or {anon: true}. Credentials are "
+            "not options: they come from the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
+            "GOOGLE_APPLICATION_CREDENTIALS, HF_TOKEN), so they never enter the stage's key."
+        ),
+    )
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_secrets(cls, v: dict[str, Any]) -> dict[str, Any]:
+        found = sorted(_secret_keys(v))
+        if found:
+            raise ValueError(
+                f"storage_options {found} hold credentials, which would enter the stage's key and the manifest: "
+                "set them in the environment instead (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE "
+                "for s3://, GOOGLE_APPLICATION_CREDENTIALS for gs://, HF_TOKEN for hf://)"
+            )
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> FilesSource:
         if self.split_by in ("separator", "regex") and not self.separator:
@@ -138,6 +161,39 @@ class FilesSource(SourceOptions):
 
     def paths(self) -> list[str]:
         return [self.path] if isinstance(self.path, str) else list(self.path)
+
+
+#: storage option names that carry credentials (compared in lower case, at any depth)
+SECRET_OPTIONS = frozenset(
+    {
+        "key",
+        "secret",
+        "token",
+        "password",
+        "session_token",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "access_key",
+        "secret_key",
+        "account_key",
+        "sas_token",
+        "client_secret",
+        "credentials",
+    }
+)
+
+
+def _secret_keys(options: Any, prefix: str = "") -> set[str]:
+    """The dotted names of credential options in a (nested) mapping of storage options."""
+    found: set[str] = set()
+    if isinstance(options, dict):
+        for k, v in options.items():
+            name = f"{prefix}{k}"
+            if str(k).lower() in SECRET_OPTIONS:
+                found.add(name)
+            found |= _secret_keys(v, name + ".")
+    return found
 
 
 class HubSource(SourceOptions):

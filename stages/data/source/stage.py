@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import shutil
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,11 +24,14 @@ from recipe_runner import DATASET, Artifact, Params, Stage, StageContext, StageE
 
 from ..arrow_io import kept_rows, load_arrow, save_dataset_dict, save_streamed
 from ..metrics import order_metrics
+from ..params import Executor, executor_field
 from ..progress_bars import with_quiet_datasets
 from ..shard_store import ShardStore, result_params
-from .files import SourceFiles, default_name, describe_skipped, file_format, files_in_key, match_files
+from ..workers import make_shards
+from .files import InputFile, SourceFiles, default_name, describe_skipped, file_format, files_in_key, match_files
 from .hub import read_hub
 from .mixing import align_columns, plan_counts, sample_indices, split_indices
+from .remote import RemoteFile, remote_listings
 from .specs import MAX_DOCUMENTS, FilesSource, HubSource, SourceSpec
 from .structured import read_structured
 from .text_files import read_text_files
@@ -67,6 +71,7 @@ class SourceParams(Params):
     seed: int | None = Field(
         None, ge=0, description="Seed for sampling, shuffling and the split, from 0 (default: the recipe's seed)."
     )
+    executor: Executor = executor_field()
 
     @field_validator("validation")
     @classmethod
@@ -128,6 +133,13 @@ class SourceStage(Stage[SourceParams]):
                 out[f"sources.{i}.dataset"] = Path(spec.dataset).expanduser()
         return out
 
+    @classmethod
+    def fingerprint_extra(cls, params: SourceParams) -> Any:
+        """The listing of every URL entry (each object's URL, size and ETag or
+        mtime: one listing per entry), so an edited object re-keys the stage;
+        None without URLs."""
+        return remote_listings(params.sources)
+
     @with_quiet_datasets
     def run(self, ctx: StageContext[SourceParams]) -> dict[str, Artifact]:
         import numpy as np
@@ -172,7 +184,9 @@ def _store_key(version: str, p: SourceParams, matched: list[SourceFiles | None])
     return {"stage": "source", "v": version, "params": result_params(p), "files": files}
 
 
-def _size_and_mtime(path: Path) -> tuple[int, int]:
+def _size_and_mtime(path: InputFile) -> tuple[Any, Any]:
+    if isinstance(path, RemoteFile):  # as listed: its size and ETag (or mtime)
+        return path.size, path.version
     st = path.stat()
     return st.st_size, st.st_mtime_ns
 
@@ -206,24 +220,31 @@ def _read_sources(
     from datasets import concatenate_datasets
 
     sources = ctx.params.sources
-    jobs: list[tuple[int, str, list[Path] | None]] = []  # (source index, shard name, files)
+    jobs: list[tuple[int, str, list[InputFile] | None]] = []  # (source index, shard name, files)
     for i, m in enumerate(matched):
         if m is None:  # a hub dataset: one shard
             jobs.append((i, f"src{i:03d}-00000", None))
             continue
         for j in range(0, len(m.files), FILES_PER_SHARD):
             jobs.append((i, f"src{i:03d}-{j // FILES_PER_SHARD:05d}", m.files[j : j + FILES_PER_SHARD]))
+    writers = {
+        shard: functools.partial(_read_shard, spec=sources[i], files=files, name=names[i]) for i, shard, files in jobs
+    }
+    metas: dict[str, dict[str, Any]] = {}
+    with ctx.progress("source: reading", total=len(jobs)) as prog:
+
+        def done(shard: str, meta: dict[str, Any]) -> None:
+            metas[shard] = meta
+            prog.advance(1)
+
+        make_shards(store, writers, ctx.params.executor, done, what="reading the sources")
     parts: dict[int, list[Any]] = {i: [] for i in range(len(sources))}
     read = _Read(datasets=[])
-    with ctx.progress("source: reading", total=len(jobs)) as prog:
-        for i, shard, files in jobs:
-            write = functools.partial(_read_shard, spec=sources[i], files=files, name=names[i], store=store)
-            path, meta = store.get_or_make(shard, write)
-            for c in COUNTERS:
-                read.counts[c] += meta.get(c, 0)
-            read.undecodable += meta.get("_skipped", [])
-            parts[i].append(load_arrow(path / "data.arrow"))
-            prog.advance(1)
+    for i, shard, _ in jobs:
+        for c in COUNTERS:
+            read.counts[c] += metas[shard].get(c, 0)
+        read.undecodable += metas[shard].get("_skipped", [])
+        parts[i].append(load_arrow(store.path(shard) / "data.arrow"))
     if read.undecodable:
         shown = ", ".join(read.undecodable[:5])
         if len(read.undecodable) > 5:
@@ -235,25 +256,30 @@ def _read_sources(
 
 
 def _read_shard(
-    tmp: Path, *, spec: FilesSource | HubSource, files: list[Path] | None, name: str, store: ShardStore
+    tmp: Path, *, spec: FilesSource | HubSource, files: list[InputFile] | None, name: str
 ) -> dict[str, Any]:
-    """One source shard: ``data.arrow`` and its counts."""
+    """One source shard: ``data.arrow`` and its counts (in this process or a
+    Ray task; gzipped structured files are unpacked into a scratch directory
+    of its own beside ``tmp``, which the store clears with its temporary ones)."""
     stats = new_counts()
+    scratch = tmp.parent / f".tmp-scratch-{tmp.name}"
     writer = DocumentWriter(tmp / "data.arrow", name, spec.keep_columns)
     try:
         if isinstance(spec, HubSource):
             read_hub(spec, writer, stats)
         else:
-            by_format: dict[str, list[Path]] = {}
+            by_format: dict[str, list[InputFile]] = {}
             for f in files or []:
                 by_format.setdefault(file_format(spec, f), []).append(f)
             for fmt, group in by_format.items():
                 if fmt == "text":
                     read_text_files(group, spec, writer, stats)
                 else:
-                    read_structured(group, fmt, spec, writer, stats, store.scratch)
+                    scratch.mkdir(exist_ok=True)
+                    read_structured(group, fmt, spec, writer, stats, scratch)
     finally:
         writer.close()
+        shutil.rmtree(scratch, ignore_errors=True)
     stats["rows"] = writer.rows
     stats["chars"] = writer.total_chars
     return stats

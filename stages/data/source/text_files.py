@@ -11,14 +11,18 @@ from typing import Any
 
 from recipe_runner import StageError
 
+from .remote import RemoteFile
 from .specs import FilesSource
 from .writer import DocumentWriter
 
 _BLANK_LINES = re.compile(r"\n(?:[ \t\r\f\v]*\n)+")
 
 
-def read_text_files(files: list[Path], spec: FilesSource, writer: DocumentWriter, stats: dict[str, Any]) -> None:
-    """Write the documents of each file; undecodable, empty and too long
+def read_text_files(
+    files: list[Path | RemoteFile], spec: FilesSource, writer: DocumentWriter, stats: dict[str, Any]
+) -> None:
+    """Write the documents of each file (local, or an object read through
+    fsspec: the same decoding and splitting); undecodable, empty and too long
     ones are counted in ``stats`` (or are errors, as ``on_decode_error`` says)."""
     if spec.keep_columns:
         raise StageError(
@@ -56,10 +60,10 @@ def split_text(text: str, spec: FilesSource) -> list[str]:
     return [piece.strip("\r\n") for piece in pieces if piece is not None and piece.strip()]
 
 
-def _decoded_text(path: Path, spec: FilesSource, source: str, stats: dict[str, Any]) -> str | None:
+def _decoded_text(path: Path | RemoteFile, spec: FilesSource, source: str, stats: dict[str, Any]) -> str | None:
     """The file's text, or None for a file skipped as undecodable (counted in ``stats``)."""
     try:
-        raw = _read_bytes(path)
+        raw = path.read_bytes(spec.storage_options) if isinstance(path, RemoteFile) else _read_bytes(path)
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a corrupt .gz
         if spec.on_decode_error == "error":
             raise StageError(f"cannot decompress {path}: {e}") from e
@@ -81,7 +85,7 @@ def _decoded_text(path: Path, spec: FilesSource, source: str, stats: dict[str, A
         return None
 
 
-def _skip_undecodable(path: Path, stats: dict[str, Any]) -> None:
+def _skip_undecodable(path: Path | RemoteFile, stats: dict[str, Any]) -> None:
     stats["skipped_undecodable_files"] += 1
     stats.setdefault("_skipped", []).append(str(path))
 

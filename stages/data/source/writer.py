@@ -120,21 +120,31 @@ class DocumentWriter:
 
 def write_columnar(ds: Any, spec: SourceOptions, writer: DocumentWriter, stats: dict[str, Any], what: str) -> None:
     """Write the text column (and the kept columns) of a Dataset read from
-    structured files or the hub, in Arrow batches; empty, null and too long
-    texts are counted in ``stats``."""
+    structured files or the hub (or of an IterableDataset streaming them),
+    in Arrow batches; empty, null and too long texts are counted in ``stats``."""
     import pyarrow as pa
     import pyarrow.compute as pc
+    from datasets import IterableDataset
 
     col = spec.text_column
-    if col not in ds.column_names:
+    names = ds.column_names or list(ds.features or [])
+    if not names and isinstance(ds, IterableDataset):  # features unresolved: the first row says (or fails to parse)
+        first = next(iter(ds.with_format("arrow").iter(batch_size=1)), None)
+        names = first.column_names if first is not None else []
+    if col not in names:
         raise StageError(
-            f"source {writer.source!r}: {what} has no column {col!r} (columns: {ds.column_names}); "
+            f"source {writer.source!r}: {what} has no column {col!r} (columns: {names}); "
             "set 'text_column' to the column holding the text"
         )
     kept = spec.keep_columns
     if kept:
-        writer.keep(ds.features, what)
-    for batch in ds.with_format("arrow", columns=[col, *[c for c in kept if c != col]]).iter(batch_size=10_000):
+        writer.keep(ds.features or {}, what)
+    columns = [col, *[c for c in kept if c != col]]
+    if isinstance(ds, IterableDataset):  # streamed: its format takes no columns
+        batches = ds.select_columns(columns).with_format("arrow").iter(batch_size=10_000)
+    else:
+        batches = ds.with_format("arrow", columns=columns).iter(batch_size=10_000)
+    for batch in batches:
         arr = batch.column(col).combine_chunks()
         if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
             raise StageError(f"source {writer.source!r}: column {col!r} of {what} holds {arr.type}, not text")

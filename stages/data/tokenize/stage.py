@@ -24,11 +24,13 @@ from recipe_runner import (
     StageContext,
     StageError,
 )
+from recipe_runner.artifacts import VOCAB_SIZE_AT_MOST
 
+from ...common.tokenizer_digest import TOKENIZER_DIGEST, tokenizer_digest
 from ..arrow_io import save_streamed
 from ..inputs import load_documents
 from ..metrics import order_metrics
-from ..params import NumProc, batch_size_field, num_proc_field, shard_size_field
+from ..params import Executor, NumProc, batch_size_field, executor_field, num_proc_field, shard_size_field
 from ..progress_bars import with_quiet_datasets
 from ..shard_store import ShardStore, artifact_identity, stable_hash
 from ..shards import ShardPlan, open_shard_store, plan_dataset
@@ -72,11 +74,12 @@ class TokenizeParams(Params):
     )
     batch_size: int = batch_size_field()
     shard_size: int = shard_size_field()
+    executor: Executor = executor_field()
 
 
 class TokenizeStage(Stage[TokenizeParams]):
     name = "tokenize"
-    version = "1"
+    version = "2"  # 2: the tokenizer digest in the outputs' meta
     description = (
         "Tokenize documents with a fast (Rust) tokenizer in batches, adding BOS/EOS as the course does; "
         "the tokenizer comes from the hub or a local path, an upstream artifact, or is trained here "
@@ -97,7 +100,10 @@ class TokenizeStage(Stage[TokenizeParams]):
 
     @classmethod
     def output_facts(cls, params: TokenizeParams, inputs: Mapping[str, Facts]) -> Mapping[str, Facts]:
-        return {"dataset": {DOCUMENT_SEPARATOR: params.add_bos or params.add_eos}}
+        facts: dict[str, Facts] = {"dataset": {DOCUMENT_SEPARATOR: params.add_bos or params.add_eos}}
+        if not params.tokenizer:  # trained here: at most train.vocab_size tokens (sizes a random init's estimate)
+            facts["tokenizer"] = {VOCAB_SIZE_AT_MOST: params.train.vocab_size}
+        return facts
 
     @with_quiet_datasets
     def run(self, ctx: StageContext[TokenizeParams]) -> dict[str, Artifact]:
@@ -113,11 +119,12 @@ class TokenizeStage(Stage[TokenizeParams]):
             "eos_token_id": tok.eos_token_id,
             "pad_token_id": tok.pad_token_id,
             "source": origin,
+            TOKENIZER_DIGEST: tokenizer_digest(tok),
         }
         tok_json = tok_out / "tokenizer.json"
         tok_key = tok_json.read_text() if tok_json.exists() else origin
         store = open_shard_store(ctx, "tokenize", self.version, p, art, tokenizer=tok_key)
-        plan = plan_dataset(dd, p.text_column, p.shard_size, p.num_proc)
+        plan = plan_dataset(dd, p.text_column, p.shard_size, p.num_proc, executor=p.executor)
         features = {split: output_features(ds.features, p.text_column, p.keep_text) for split, ds in dd.items()}
         tokens = _tokenize_shards(ctx, store, plan, tok, tok_out, features)
         streams = {}

@@ -213,3 +213,19 @@ def stage_keys():
         return {s["name"]: s["fingerprint"] for s in json.loads(proc.stdout)["stages"]}
 
     return keys
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray instance with 2 CPUs, started once for the module and shut
+    down after it; yields its address (for ``RAY_ADDRESS`` in a `recipe run`
+    subprocess; the stages run in this process connect to it as they are).
+    Module-scoped and so last in a module: no worker pool is forked from a
+    process connected to Ray."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()

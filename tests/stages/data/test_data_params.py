@@ -6,6 +6,7 @@ key and a cached output is reused when it changes."""
 from __future__ import annotations
 
 import hashlib
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,18 @@ CASES = {
     ("dedup", "num_proc"): (1, 2),
     ("dedup", "batch_size"): (1000, 7),
     ("dedup", "shard_size"): (50_000, 37),
+    ("dedup", "method"): ("in_memory", "multi_pass"),
+    ("dedup", "max_memory_mb"): (1024, 1),  # 'auto': in memory, then on disk (770 documents, 1.2 MB)
     ("tokenize", "num_proc"): (1, 2),
     ("tokenize", "batch_size"): (1000, 7),
     ("tokenize", "shard_size"): (50_000, 37),
+    ("source", "executor"): ({"type": "local"}, {"type": "ray"}),
+    ("filter", "executor"): ({"type": "local"}, {"type": "ray"}),
+    ("dedup", "executor"): ({"type": "local"}, {"type": "ray"}),
+    ("tokenize", "executor"): ({"type": "local"}, {"type": "ray"}),
 }
+#: run in the last test of this module, with a local Ray instance (started once: see ``local_ray``)
+ON_RAY = sorted(case for case in CASES if case[1] == "executor")
 
 
 def run_settings_of(stage_cls: Any) -> set[str]:
@@ -61,8 +70,18 @@ def documents(tmp_path_factory, real_texts, save_texts):
 
 
 def stage_params(stage: str, tokenizer: Path) -> dict[str, Any]:
-    """Parameters that exercise the stage's batched, sharded paths (c4 edits the text)."""
+    """Parameters that exercise the stage's batched, sharded paths (c4 edits the text; source: a shard per
+    source, text and code)."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
     return {
+        "source": {
+            "sources": [
+                {"path": str(stdlib / "json"), "glob": "*.py"},
+                {"path": str(stdlib / "email" / "architecture.rst"), "split_by": "blank_lines"},
+                {"path": str(stdlib / "email"), "glob": "*.py", "count": 20},
+            ],
+            "validation": 0.1,
+        },
         "filter": {"filters": [{"type": "length", "min_words": 3}, {"type": "paragraph_repetition"}, {"type": "c4"}]},
         "dedup": {"near_duplicates": True},
         "tokenize": {"tokenizer": str(tokenizer)},
@@ -77,17 +96,31 @@ def output_digests(path: Path) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize(("stage", "setting"), sorted(CASES), ids=[f"{s}.{f}" for s, f in sorted(CASES)])
+LOCAL = sorted(set(CASES) - set(ON_RAY))
+
+
+@pytest.mark.parametrize(("stage", "setting"), LOCAL, ids=[f"{s}.{f}" for s, f in LOCAL])
 def test_a_run_setting_leaves_every_output_byte_unchanged(tmp_path, documents, tiny_tokenizer_dir, stage, setting):
+    check_run_setting(tmp_path, documents, tiny_tokenizer_dir, stage, setting)
+
+
+@pytest.mark.parametrize(("stage", "setting"), ON_RAY, ids=[f"{s}.{f}" for s, f in ON_RAY])
+def test_the_executor_leaves_every_output_byte_unchanged(
+    tmp_path, documents, tiny_tokenizer_dir, local_ray, stage, setting
+):
+    """Local fork pool against Ray tasks (last in the module: no pool is forked
+    from this process once it is connected to Ray)."""
+    check_run_setting(tmp_path, documents, tiny_tokenizer_dir, stage, setting)
+
+
+def check_run_setting(tmp_path: Path, documents: Any, tiny_tokenizer_dir: Path, stage: str, setting: str) -> None:
     first, second = CASES[stage, setting]
     params = stage_params(stage, tiny_tokenizer_dir)
-    if setting == "num_proc":
-        params["shard_size"] = 60  # several shards, so that two workers share them
+    if setting in ("num_proc", "executor") and stage != "source":
+        params["shard_size"] = 60  # several shards, so that two workers (or Ray tasks) share them
     runs = [
-        run_stage(
-            STAGES[stage], {**params, setting: value}, inputs={"dataset": documents}, workdir=tmp_path / str(value)
-        )
-        for value in (first, second)
+        run_stage(STAGES[stage], {**params, setting: value}, inputs={"dataset": documents}, workdir=tmp_path / str(i))
+        for i, value in enumerate((first, second))
     ]
     outputs = [r.outputs["dataset"].path for r in runs]
     assert output_digests(outputs[0]) == output_digests(outputs[1])

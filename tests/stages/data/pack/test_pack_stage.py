@@ -260,3 +260,11 @@ def test_document_modes_need_a_separator_token_at_validate_time(tmp_path, data_d
         )
     assert validate(bare, "concat").returncode == 0
     assert validate("{add_bos: false}", "document").returncode == 0
+
+
+def test_the_tokenizer_digest_is_passed_on(tmp_path, tokenized):
+    from recipe_runner_stages.common.tokenizer_digest import TOKENIZER_DIGEST
+
+    with_digest = Artifact(TOKENIZED_DATASET, tokenized.path, meta={**tokenized.meta, TOKENIZER_DIGEST: "ab" * 16})
+    assert pack(tmp_path, with_digest, "d", max_seq_length=32).outputs["dataset"].meta[TOKENIZER_DIGEST] == "ab" * 16
+    assert TOKENIZER_DIGEST not in pack(tmp_path, tokenized, "n", max_seq_length=32).outputs["dataset"].meta

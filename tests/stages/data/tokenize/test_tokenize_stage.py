@@ -188,3 +188,26 @@ def test_the_tokenized_dataset_declares_whether_documents_are_separated():
 
     assert separated() and separated(add_bos=False) and separated(add_eos=False)
     assert not separated(add_bos=False, add_eos=False)
+
+
+def test_both_outputs_record_the_digest_of_the_tokenizer_that_made_the_ids(
+    tmp_path, docs, tiny_tokenizer_dir, save_texts
+):
+    """The digest in the outputs' meta is the behaviour of the saved tokenizer: a local one keeps its
+    digest through the stage's save_pretrained, a trained one has its own."""
+    from recipe_runner_stages.common.models import load_tokenizer
+    from recipe_runner_stages.common.tokenizer_digest import TOKENIZER_DIGEST, tokenizer_digest
+
+    art = save_texts(tmp_path / "in", docs[:60])
+    local = run_stage(
+        TokenizeStage, {"tokenizer": str(tiny_tokenizer_dir)}, inputs={"dataset": art}, workdir=tmp_path / "l"
+    )
+    digest = tokenizer_digest(load_tokenizer(tiny_tokenizer_dir))
+    assert (
+        local.outputs["dataset"].meta[TOKENIZER_DIGEST] == local.outputs["tokenizer"].meta[TOKENIZER_DIGEST] == digest
+    )
+    assert tokenizer_digest(load_tokenizer(local.outputs["tokenizer"].path)) == digest
+
+    trained = run_stage(TokenizeStage, {"train": {"vocab_size": 300}}, inputs={"dataset": art}, workdir=tmp_path / "t")
+    own = trained.outputs["dataset"].meta[TOKENIZER_DIGEST]
+    assert own == tokenizer_digest(load_tokenizer(trained.outputs["tokenizer"].path)) != digest
