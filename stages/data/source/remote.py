@@ -148,9 +148,39 @@ def listing_key(spec: FilesSource, raw: str) -> Any:
     size and version; or, where it cannot be listed, the reason (the run
     then stops with it)."""
     try:
-        return [[f.url, f.size, f.version] for f in list_remote(raw, spec, spec.name or raw)]
+        listed = [[f.url, f.size, f.version] for f in list_remote(raw, spec, spec.name or raw)]
     except StageError as e:
+        _UNLISTED[_entry_id(spec, raw)] = str(e)
         return {"error": str(e)}
+    _UNLISTED.pop(_entry_id(spec, raw), None)
+    return listed
+
+
+#: URL entries whose listing failed when this process last computed the stage's key, and why
+_UNLISTED: dict[tuple[str, str], str] = {}
+
+
+def _entry_id(spec: FilesSource, raw: str) -> tuple[str, str]:
+    import json
+
+    return raw, json.dumps(spec.storage_options, sort_keys=True, default=str)
+
+
+def check_keyed(sources: list[Any]) -> None:
+    """Refuse to read a URL entry whose listing failed when this process
+    computed the stage's key (and so keyed it by the error): read now, its
+    output would be committed under that key and reused whenever the same
+    error recurs.  Where it still fails, that error is raised."""
+    for spec in sources:
+        if isinstance(spec, FilesSource):
+            for raw in spec.paths():
+                why = _UNLISTED.get(_entry_id(spec, raw)) if is_url(raw) else None
+                if why is not None:
+                    list_remote(raw, spec, spec.name or raw)  # still failing: its own error
+                    raise StageError(
+                        f"{raw} could not be listed when the stage's key was computed ({why}), and can now: "
+                        "nothing was read; run again"
+                    )
 
 
 def _remote_file(fs: Any, info: dict[str, Any]) -> RemoteFile:
@@ -239,3 +269,19 @@ def remote_listings(sources: list[Any]) -> dict[str, Any] | None:
                 field = f"sources.{i}.path" + (f".{j}" if isinstance(spec.path, list) else "")
                 out[field] = listing_key(spec, raw)
     return out or None
+
+
+def check_unchanged(sources: list[Any], matched: list[Any]) -> None:
+    """List every URL entry again once the stage has read it: an object
+    added, removed or edited meanwhile (its output would be committed under
+    the key of the old listing) is a StageError, as a local input edited
+    while a stage runs is for the engine."""
+    for spec, m in zip(sources, matched, strict=True):
+        if m is None:
+            continue
+        for raw, entry in zip(spec.paths(), m.entries, strict=True):
+            if is_url(raw) and set(list_remote(raw, spec, spec.name or raw)) != set(entry.files):
+                raise StageError(
+                    f"source {spec.name or raw!r}: {raw} changed while the stage read it; its output would be "
+                    "committed under the key of the old listing, so nothing was committed: run again"
+                )

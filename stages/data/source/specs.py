@@ -136,18 +136,6 @@ class FilesSource(SourceOptions):
         ),
     )
 
-    @field_validator("storage_options")
-    @classmethod
-    def _no_secrets(cls, v: dict[str, Any]) -> dict[str, Any]:
-        found = sorted(_secret_keys(v))
-        if found:
-            raise ValueError(
-                f"storage_options {found} hold credentials, which would enter the stage's key and the manifest: "
-                "set them in the environment instead (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE "
-                "for s3://, GOOGLE_APPLICATION_CREDENTIALS for gs://, HF_TOKEN for hf://)"
-            )
-        return v
-
     @model_validator(mode="after")
     def _check(self) -> FilesSource:
         if self.split_by in ("separator", "regex") and not self.separator:
@@ -182,6 +170,23 @@ SECRET_OPTIONS = frozenset(
         "credentials",
     }
 )
+
+
+def credential_problems(sources: list[Any]) -> list[str]:
+    """One message per 'files' source whose storage_options hold credentials
+    (which would enter the stage's key and the manifest), naming the options,
+    never their values (checked by the stage's ``cross_check``, whose messages
+    do not echo the input as a field validator's would)."""
+    out = []
+    for i, spec in enumerate(sources):
+        found = sorted(_secret_keys(spec.storage_options)) if isinstance(spec, FilesSource) else []
+        if found:
+            out.append(
+                f"sources.{i}.storage_options: {found} hold credentials, which would enter the stage's key and "
+                "the manifest: set them in the environment instead (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or "
+                "AWS_PROFILE for s3://, GOOGLE_APPLICATION_CREDENTIALS for gs://, HF_TOKEN for hf://)"
+            )
+    return out
 
 
 def _secret_keys(options: Any, prefix: str = "") -> set[str]:

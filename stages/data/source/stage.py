@@ -1,4 +1,4 @@
-"""``source``: read documents from local files or the Hugging Face hub, mix
+"""``source``: read documents from local files, fsspec URLs or the Hugging Face hub, mix
 several sources by counts or weights, and split off a seeded validation set.
 
 Output: a ``dataset`` artifact (DatasetDict with "train" and, when asked,
@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from recipe_runner import DATASET, Artifact, Params, Stage, StageContext, StageError
+from recipe_runner import DATASET, Artifact, Params, PlanView, Stage, StageContext, StageError
 
 from ..arrow_io import kept_rows, load_arrow, save_dataset_dict, save_streamed
 from ..metrics import order_metrics
@@ -31,8 +31,8 @@ from ..workers import make_shards
 from .files import InputFile, SourceFiles, default_name, describe_skipped, file_format, files_in_key, match_files
 from .hub import read_hub
 from .mixing import align_columns, plan_counts, sample_indices, split_indices
-from .remote import RemoteFile, remote_listings
-from .specs import MAX_DOCUMENTS, FilesSource, HubSource, SourceSpec
+from .remote import RemoteFile, check_keyed, check_unchanged, remote_listings
+from .specs import MAX_DOCUMENTS, FilesSource, HubSource, SourceSpec, credential_problems
 from .structured import read_structured
 from .text_files import read_text_files
 from .writer import COUNTERS, DocumentWriter, new_counts
@@ -115,8 +115,9 @@ class SourceStage(Stage[SourceParams]):
     name = "source"
     version = "1"
     description = (
-        "Read documents from local files (text, source code, JSON Lines, JSON, Parquet, CSV, each optionally "
-        "gzipped) or the Hugging Face hub; mix sources by counts or weights; split off a seeded validation set."
+        "Read documents from local files or fsspec URLs, streamed (s3://, gs://, hf://, https://): text, source "
+        "code, JSON Lines, JSON, Parquet, CSV, each optionally gzipped; or from the Hugging Face hub. Mix sources "
+        "by counts or weights; split off a seeded validation set."
     )
     Params = SourceParams
     outputs = {"dataset": DATASET}
@@ -134,6 +135,10 @@ class SourceStage(Stage[SourceParams]):
         return out
 
     @classmethod
+    def cross_check(cls, view: PlanView[SourceParams]) -> list[str]:
+        return credential_problems(view.params.sources)
+
+    @classmethod
     def fingerprint_extra(cls, params: SourceParams) -> Any:
         """The listing of every URL entry (each object's URL, size and ETag or
         mtime: one listing per entry), so an edited object re-keys the stage;
@@ -147,10 +152,12 @@ class SourceStage(Stage[SourceParams]):
         p = ctx.params
         seed = ctx.seed if p.seed is None else p.seed
         names = _source_names(p.sources)
+        check_keyed(p.sources)
         matched = [match_files(spec) if isinstance(spec, FilesSource) else None for spec in p.sources]
         skipped = _report_skipped(matched, ctx.log)
         store = ShardStore(ctx.checkpoint_dir / "source-shards", _store_key(self.version, p, matched), ctx.log)
         read = _read_sources(ctx, names, matched, store)
+        check_unchanged(p.sources, matched)
         per_source = align_columns(read.datasets, names)
         avail = [len(d) for d in per_source]
         for name, n in zip(names, avail, strict=True):
