@@ -5,12 +5,20 @@
   the-verdict.txt, saved as a Hugging Face tokenizer directory.
 - ``tiny_model_dir``: a randomly initialised 2-layer Llama (hidden 64) with
   that tokenizer, saved as a self-contained model directory.
+- ``start_s3_server``: starts a real S3 API server (moto's server mode) on
+  127.0.0.1 with the buckets asked for.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +28,52 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "recipes" / "data"
+#: the credentials moto's server accepts (it checks none until told to)
+S3_CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def start_s3_server() -> Iterator[Callable[..., tuple[str, Any, dict[str, str]]]]:
+    """``start(*buckets) -> (endpoint URL, boto3 client, credentials env)``: a real S3 API
+    server (moto's server mode) on a free port of 127.0.0.1 holding those
+    empty buckets, one server per call (a test module may change its auth),
+    stopped at the end of the session."""
+    pytest.importorskip("moto.server")
+    boto3 = pytest.importorskip("boto3")
+    servers: list[subprocess.Popen[bytes]] = []
+
+    def start(*buckets: str) -> tuple[str, Any, dict[str, str]]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        servers.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        url = f"http://127.0.0.1:{port}"
+        client = boto3.client(
+            "s3",
+            endpoint_url=url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        for bucket in buckets:
+            for _ in range(100):
+                try:
+                    client.create_bucket(Bucket=bucket)
+                    break
+                except Exception:  # the server is still starting
+                    time.sleep(0.1)
+        return url, client, dict(S3_CREDS)
+
+    yield start
+    for server in servers:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")

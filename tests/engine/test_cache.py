@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -111,32 +110,10 @@ def test_an_input_edited_while_the_stage_runs_is_not_committed(recipe_cli, write
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint():
+def s3_endpoint(start_s3_server):
     """A real S3 API server (moto's server mode) on 127.0.0.1 with an empty bucket."""
-    pytest.importorskip("moto.server")
-    boto3 = pytest.importorskip("boto3")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    client = boto3.client(
-        "s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
-    )
-    for _ in range(100):
-        try:
-            client.create_bucket(Bucket="teams")
-            break
-        except Exception:  # the server is still starting
-            time.sleep(0.1)
-    yield {**creds, "AWS_ENDPOINT_URL": url}
-    server.terminate()
-    server.wait(timeout=10)
+    url, _, creds = start_s3_server("teams")
+    return {**creds, "AWS_ENDPOINT_URL": url}
 
 
 @pytest.fixture(params=["directory", "s3"])

@@ -11,10 +11,8 @@ import io
 import json
 import logging
 import re
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -30,33 +28,14 @@ CLI_WITHOUT = "import sys\nfor m in sys.argv[1].split(','):\n    sys.modules[m] 
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory, data_dir):
+def s3(tmp_path_factory, data_dir, start_s3_server):
     """A moto S3 server on 127.0.0.1 with the bucket 'corpus' holding, under
     'corpus/' (and the same tree on disk, returned as 'local'): the two shipped
     texts, the paragraphs of tinyshakespeare as JSON Lines (plain and gzipped)
     and the-verdict's paragraphs with tinyshakespeare's lines as Parquet."""
-    pytest.importorskip("moto.server")
-    boto3 = pytest.importorskip("boto3")
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    client = boto3.client(
-        "s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
-    )
-    for _ in range(100):
-        try:
-            client.create_bucket(Bucket=BUCKET)
-            break
-        except Exception:  # the server is still starting
-            time.sleep(0.1)
+    url, client, _ = start_s3_server(BUCKET)
     local = tmp_path_factory.mktemp("local") / "corpus"
     verdict = (data_dir / "the-verdict.txt").read_text()
     shakespeare = (data_dir / "tinyshakespeare.txt").read_text()
@@ -76,9 +55,7 @@ def s3(tmp_path_factory, data_dir):
         client.put_object(Bucket=BUCKET, Key=f"corpus/{key}", Body=body)
         (local / key).parent.mkdir(parents=True, exist_ok=True)
         (local / key).write_bytes(body)
-    yield {"url": url, "client": client, "local": local, "env": {**CREDS, "HF_DATASETS_OFFLINE": "1"}}
-    server.terminate()
-    server.wait(timeout=10)
+    return {"url": url, "client": client, "local": local, "env": {**CREDS, "HF_DATASETS_OFFLINE": "1"}}
 
 
 def _recipe(path: Path, root: str, options: str, name: str = "remote") -> Path:
