@@ -7,6 +7,8 @@
   that tokenizer, saved as a self-contained model directory.
 - ``start_s3_server``: starts a real S3 API server (moto's server mode) on
   127.0.0.1 with the buckets asked for.
+- ``cli_imports``: runs ``recipe ARGS`` in a fresh interpreter and says what
+  it printed, its exit code and which top-level modules it imported.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,33 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "recipes" / "data"
 #: the credentials moto's server accepts (it checks none until told to)
 S3_CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@dataclass
+class CliImports:
+    stdout: str
+    stderr: str
+    exit_code: int
+    modules: set[str]  # top-level names in sys.modules after the command
+
+
+def _cli_imports(args: list[str]) -> CliImports:
+    code = (
+        "import sys; from recipe_runner.cli import app\n"
+        f"try:\n    app({args!r})\nexcept SystemExit as e:\n    code = e.code or 0\nelse:\n    code = 0\n"
+        "print('\\n@@exit', code, ' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    printed, _, last = out.stdout.rpartition("@@exit ")
+    code_text, _, modules = last.strip().partition(" ")
+    return CliImports(printed, out.stderr, int(code_text) if code_text.isdigit() else -1, set(modules.split()))
+
+
+@pytest.fixture(scope="session")
+def cli_imports() -> Callable[[list[str]], CliImports]:
+    """``cli_imports(["validate", path])``: the command run in a fresh interpreter
+    (so the modules it imports are its own): stdout, stderr, exit code, modules."""
+    return _cli_imports
 
 
 @pytest.fixture(scope="session")

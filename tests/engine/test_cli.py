@@ -14,22 +14,12 @@ ROOT = Path(__file__).resolve().parents[2]
 NO_HEAVY = ("torch", "transformers", "datasets", "trl", "peft", "accelerate", "lm_eval", "ray")
 
 
-def _modules_after(args: list[str]) -> set[str]:
-    code = (
-        "import sys; from recipe_runner.cli import app\n"
-        f"try:\n    app({args!r})\nexcept SystemExit:\n    pass\n"
-        "print(' '.join(sorted(m.split('.')[0] for m in sys.modules)))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    return set(out.stdout.strip().splitlines()[-1].split())
-
-
-def test_help_and_validate_do_not_import_heavy_libraries():
-    mods = _modules_after(["--help"])
-    assert not mods & set(NO_HEAVY), mods & set(NO_HEAVY)
+def test_help_and_validate_do_not_import_heavy_libraries(cli_imports):
+    mods = cli_imports(["--help"]).modules
+    assert "recipe_runner" in mods and not mods & set(NO_HEAVY), mods & set(NO_HEAVY)
     for recipe in sorted((ROOT / "recipes").glob("*.yaml")):
-        mods = _modules_after(["validate", str(recipe)])
-        assert not mods & set(NO_HEAVY), (recipe.name, mods & set(NO_HEAVY))
+        run = cli_imports(["validate", str(recipe)])
+        assert run.exit_code == 0 and not run.modules & set(NO_HEAVY), (recipe.name, run.modules & set(NO_HEAVY))
 
 
 def test_bundled_recipes_validate_offline(recipe_cli):

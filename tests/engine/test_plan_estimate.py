@@ -5,8 +5,6 @@ plugin's plan_estimate, computed without torch."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 from recipe_runner.launch import LaunchSpec
 from recipe_runner_stages.common.model_shape import shape_from_config
@@ -79,15 +77,9 @@ def test_plan_shows_the_estimate_of_a_distributed_stage(tmp_path, recipe_cli, wr
     assert sharded["memory_per_device"]["breakdown_bytes"]["optimizer_states"] * 2 == 8 * sharded["parameters"]
 
 
-def test_plan_estimate_imports_no_heavy_library(tmp_path, write) -> None:
+def test_plan_estimate_imports_no_heavy_library(tmp_path, write, cli_imports) -> None:
     recipe = write(tmp_path / "r.yaml", RECIPE)
-    code = (
-        "import sys; from recipe_runner.cli import app\n"
-        f"try:\n    app(['plan', {str(recipe)!r}, '--workdir', {str(tmp_path / 'wd')!r}])\n"
-        "except SystemExit:\n    pass\n"
-        "print(' '.join(sorted(m.split('.')[0] for m in sys.modules)))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = cli_imports(["plan", str(recipe), "--workdir", str(tmp_path / "wd")])
     assert "memory/device" in out.stdout, out.stdout + out.stderr
-    modules = set(out.stdout.strip().splitlines()[-1].split())
+    modules = out.modules
     assert not modules & {"torch", "transformers", "datasets", "trl", "peft", "accelerate"}
