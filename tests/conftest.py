@@ -131,6 +131,13 @@ def train_tiny_tokenizer(text_files: list[Path], vocab_size: int = 512):
 
 
 @pytest.fixture(scope="session")
+def train_tokenizer() -> Callable[..., Any]:
+    """``train_tokenizer([text files], vocab_size=512)``: a byte-level BPE
+    tokenizer (``<unk> <s> </s> <pad>`` specials) trained on the spot."""
+    return train_tiny_tokenizer
+
+
+@pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tokenizer")
     train_tiny_tokenizer([DATA / "the-verdict.txt"]).save_pretrained(str(out))

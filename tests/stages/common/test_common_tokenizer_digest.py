@@ -108,24 +108,9 @@ def test_another_bos_token_has_another_digest(tiny_tokenizer_dir, tmp_path):
     assert tokenizer_digest(changed) != tokenizer_digest(base)
 
 
-def test_a_tokenizer_trained_on_other_text_with_the_same_vocabulary_size(tiny_tokenizer_dir, data_dir, tmp_path):
+def test_a_tokenizer_trained_on_other_text_with_the_same_vocabulary_size(tiny_tokenizer_dir, data_dir, train_tokenizer):
     """The issue's case: the same vocabulary size, another tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     base = load_tokenizer(tiny_tokenizer_dir)
-    rust = Tokenizer(models.BPE())
-    rust.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    rust.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=len(base),
-        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    rust.train([str(data_dir / "tinyshakespeare.txt")], trainer)
-    other = PreTrainedTokenizerFast(
-        tokenizer_object=rust, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
-    )
+    other = train_tokenizer([data_dir / "tinyshakespeare.txt"], vocab_size=len(base))
     assert len(other) == len(base) and other.bos_token_id == base.bos_token_id
     assert tokenizer_digest(other) != tokenizer_digest(base)

@@ -55,26 +55,11 @@ def init_model(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Pat
 
 
 @pytest.fixture(scope="session")
-def shakespeare_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+def shakespeare_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, train_tokenizer: Any) -> Path:
     """Another byte-level BPE tokenizer with the session tokenizer's vocabulary
     size (512) and special tokens, trained on tinyshakespeare instead of the
     verdict: the same ids mean other tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    rust = Tokenizer(models.BPE())
-    rust.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    rust.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512,
-        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    rust.train([str(data_dir / "tinyshakespeare.txt")], trainer)
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=rust, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
-    )
+    tok = train_tokenizer([data_dir / "tinyshakespeare.txt"], vocab_size=512)
     out = tmp_path_factory.mktemp("shakespeare_tokenizer")
     tok.save_pretrained(str(out))
     return out
