@@ -36,7 +36,7 @@ from ..shard_store import ShardStore, artifact_identity, stable_hash
 from ..shards import ShardPlan, open_shard_store, plan_dataset
 from ..workers import map_shards
 from .encoding import empty_dataset, output_features, rust_threads, shard_tables, tokenize_shard
-from .tokenizer import TrainTokenizerParams, load_tokenizer_from, train_tokenizer
+from .tokenizer import TrainTokenizerParams, load_local_tokenizer, load_tokenizer_from, train_tokenizer
 
 
 class TokenizeParams(Params):
@@ -174,10 +174,8 @@ def _tokenizer(ctx: StageContext[TokenizeParams], dd: Any, art: Artifact) -> tup
         }
     )
     if (checkpoint / "DONE").exists() and (checkpoint / "DONE").read_text() == train_key:
-        from transformers import AutoTokenizer
-
         ctx.log.info("reusing the tokenizer trained before the interruption")
-        return AutoTokenizer.from_pretrained(str(checkpoint)), origin
+        return load_local_tokenizer(checkpoint), origin
     if "train" not in dd:
         raise StageError("training a tokenizer needs a 'train' split in the input dataset")
     with ctx.progress(f"tokenize: training a {p.train.algorithm} tokenizer", total=None):
