@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import sysconfig
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,29 @@ def real_texts(shakespeare_paragraphs, stdlib_sources, data_dir) -> list[str]:
     ]
     verdict = (data_dir / "the-verdict.txt").read_text()
     return paras + chunks + repeated + stdlib_sources + [verdict]
+
+
+@pytest.fixture(scope="session")
+def kill_after_shards():
+    """``kill_after_shards(cmd, shards_dir, n=2, env=None) -> (finished shards, killed)``:
+    run ``cmd``, SIGKILL it once ``n`` of its train shards are finished in
+    ``shards_dir`` (the shard store's layout), and count the finished ones."""
+
+    def finished(shards: Path) -> int:
+        return len([p for p in shards.glob("train-*") if (p / "meta.json").exists()]) if shards.exists() else 0
+
+    def run(cmd: list[str], shards: Path, n: int = 2, env: dict[str, str] | None = None) -> tuple[int, bool]:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and finished(shards) < n:
+            time.sleep(0.02)
+        killed = proc.poll() is None
+        if killed:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        return finished(shards), killed
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,8 @@ grows; and a killed run resumes from its finished shards."""
 from __future__ import annotations
 
 import re
-import signal
-import subprocess
 import sys
 import textwrap
-import time
 import tracemalloc
 
 import numpy as np
@@ -247,27 +244,17 @@ RUNNER = textwrap.dedent("""
 """)
 
 
-def test_a_killed_multi_pass_dedup_resumes_from_its_shards(tmp_path, bundled, save_texts, load_split):
+def test_a_killed_multi_pass_dedup_resumes_from_its_shards(
+    tmp_path, bundled, save_texts, load_split, kill_after_shards
+):
     art = save_texts(tmp_path / "in", bundled[-220:] * 2 + bundled[:1000])  # code first: slow shards
     script = tmp_path / "run.py"
     script.write_text(RUNNER)
     work = tmp_path / "w"
     shards = work / "checkpoint" / "dedup-shards"
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(art.path), str(work), "multi_pass"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    done_before, killed = kill_after_shards(
+        [sys.executable, str(script), str(art.path), str(work), "multi_pass"], shards
     )
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if shards.exists() and len([p for p in shards.glob("train-*") if (p / "meta.json").exists()]) >= 2:
-            break
-        time.sleep(0.02)
-    killed = proc.poll() is None
-    if killed:
-        proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    done_before = len([p for p in shards.glob("train-*") if (p / "meta.json").exists()])
     assert done_before >= 2
     params = {"near_duplicates": True, "method": "multi_pass", "shard_size": 150, "num_proc": 1}
     r = run_stage(DedupStage, params, inputs={"dataset": Artifact("dataset", art.path)}, workdir=work)

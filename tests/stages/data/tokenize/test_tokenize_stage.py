@@ -5,8 +5,6 @@ killed midway resumes."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -130,7 +128,7 @@ RUNNER = textwrap.dedent("""
 
 
 def test_tokenize_killed_midway_resumes(
-    tmp_path, shakespeare_paragraphs, stdlib_sources, tiny_tokenizer_dir, save_texts, load_split
+    tmp_path, shakespeare_paragraphs, stdlib_sources, tiny_tokenizer_dir, save_texts, load_split, kill_after_shards
 ):
     docs = shakespeare_paragraphs[:1200] + stdlib_sources * 3
     art = save_texts(tmp_path / "in", docs)
@@ -139,22 +137,8 @@ def test_tokenize_killed_midway_resumes(
     work = tmp_path / "w"
     shards = work / "checkpoint" / "tokenize-shards"
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(tiny_tokenizer_dir), str(art.path), str(work)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if shards.exists() and len([p for p in shards.glob("train-*") if (p / "meta.json").exists()]) >= 2:
-            break
-        time.sleep(0.02)
-    killed = proc.poll() is None
-    if killed:
-        proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    done_before = len([p for p in shards.glob("train-*") if (p / "meta.json").exists()])
+    cmd = [sys.executable, str(script), str(tiny_tokenizer_dir), str(art.path), str(work)]
+    done_before, killed = kill_after_shards(cmd, shards, env=env)
     assert done_before >= 2
     r = run_stage(
         TokenizeStage,
