@@ -48,6 +48,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_tokenizer import train_bench_tokenizer
+
 from recipe_runner_stages.data.course_reference import (  # the course's filters, verbatim
     paragraph_length_filter,
     paragraph_repetition_filter,
@@ -136,32 +138,6 @@ def build_corpus(dest: Path, mb: float) -> dict:
                 break
         copy += 1
     return {"web_docs": web_docs, "web_mb": web_bytes / 2**20, "code_docs": code_docs, "code_mb": code_bytes / 2**20}
-
-
-def train_bench_tokenizer(corpus: Path, out: Path, vocab: int) -> None:
-    """A byte-level BPE tokenizer (setup, not timed)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab,
-        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    tok.train([str(DATA / "tinyshakespeare.txt")] + [str(p) for p in sorted(stdlib.glob("*.py"))[:60]], trainer)
-    PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        add_bos_token=True,
-    ).save_pretrained(str(out))
 
 
 # ------------------------------------------------- the course's notebook way
@@ -452,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         tok_dir = work / "tokenizer"
-        train_bench_tokenizer(corpus, tok_dir, args.vocab)
+        train_bench_tokenizer(tok_dir, args.vocab, add_bos_token=True)
         from recipe_runner_stages.data.filter.language import shipped_langid_model
 
         lid = shipped_langid_model()

@@ -53,6 +53,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench_tokenizer import train_bench_tokenizer
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "recipes" / "data"
 WORKERS = 2
@@ -153,28 +155,6 @@ def read_corpus(corpus: Path) -> list[str]:
     for f in sorted(corpus.glob("part-*.jsonl")):
         texts.extend(json.loads(line)["text"] for line in f.read_text(encoding="utf-8").splitlines())
     return texts
-
-
-def train_tokenizer(out: Path, vocab: int = 8192) -> Path:
-    """A byte-level BPE tokenizer saved as transformers saves one (setup, not timed); returns tokenizer.json."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab,
-        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    tok.train([str(DATA / "tinyshakespeare.txt")] + [str(p) for p in sorted(stdlib.glob("*.py"))[:60]], trainer)
-    PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
-    ).save_pretrained(str(out))
-    return out / "tokenizer.json"
 
 
 # ------------------------------------------------------------------ ours
@@ -394,7 +374,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     info = build_corpus(corpus, args.size_mb)
     mb = info["text_bytes"] / 2**20
     print(f"corpus: {info['documents']} documents, {mb:.2f} MB of text, in {corpus}", flush=True)
-    tok_json = train_tokenizer(work / "tokenizer")
+    tok_json = train_bench_tokenizer(work / "tokenizer", vocab=8192)
     recipe = work / "recipe.yaml"
     recipe.write_text(RECIPE.format(corpus=corpus, tokenizer=tok_json.parent, workers=WORKERS))
     runs: list[dict[str, Any]] = []

@@ -35,7 +35,7 @@ def test_recipe_run_and_datatrove_keep_the_same_documents_and_token_ids(tmp_path
 
 def test_the_check_refuses_other_documents_or_other_ids(tmp_path):
     bench = bench_module()
-    tok_json = bench.train_tokenizer(tmp_path / "tok")
+    tok_json = bench.train_bench_tokenizer(tmp_path / "tok", vocab=8192)
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tok_json))
