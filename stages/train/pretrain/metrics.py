@@ -66,9 +66,12 @@ def training_metrics(outcome: TrainingOutcome, tokens_per_step: int, seq_len: in
 
 
 def final_validation(trainer: Any, history: list[dict[str, Any]], global_step: int, rows: int) -> dict[str, Any]:
-    """Validation loss and perplexity after training (appended to the history)."""
-    ev = trainer.evaluate()
-    history.append({"step": global_step, **ev})
+    """Validation loss and perplexity after training (appended to the history),
+    or those of the periodic validation that already ran at the last step."""
+    ev = next((h for h in reversed(history) if h.get("step") == global_step and "eval_loss" in h), None)
+    if ev is None:
+        ev = trainer.evaluate()
+        history.append({"step": global_step, **ev})
     return {
         "eval_loss": float(ev["eval_loss"]),
         "perplexity": float(perplexity(ev["eval_loss"])),

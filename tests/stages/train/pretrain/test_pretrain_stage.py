@@ -70,7 +70,8 @@ def test_pretrain_lowers_loss_and_reports(init_model, packed, packed_dir, tmp_pa
     assert m["tokens_per_second"] > 0 and len(m["loss_curve"]) == 8
     assert (out / "loss_curve.png").stat().st_size > 1000
     assert (out / "tokenizer.json").is_file() and not (out / "training_args.bin").exists()
-    json.loads((out / "trainer_history.json").read_text())
+    history = json.loads((out / "trainer_history.json").read_text())
+    assert [h["step"] for h in history if "eval_loss" in h] == [20, 40]  # the last step is validated once
 
 
 def test_layer_freezing(init_model, packed, tmp_path):
