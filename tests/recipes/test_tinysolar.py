@@ -111,3 +111,31 @@ def test_tinysolar_upscale_runs_end_to_end_and_reproducibly(tmp_path):
     second = tmp_path / "second"
     _run_killed_in_stage_then_resume(second, "pretrain_upscaled", "step 60:")
     assert _exported_weights_digest(second) == _exported_weights_digest(first)
+
+    # issue #14's done-when: the same recipe with both pretraining stages in 2 processes (gloo on CPU), the
+    # data and init stages reused from the first run, every other stage run once
+    two = ["--set", "launch.processes=2"]
+    proc = subprocess.run(_run_cmd(first) + two, env=ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    status = subprocess.run(
+        [
+            *_run_cmd(first)[:3],
+            "status",
+            str(RECIPES / "tinysolar_upscale.yaml"),
+            "--workdir",
+            str(first),
+            "--json",
+            *two,
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    stages = {s["name"]: s for s in json.loads(status.stdout)["stages"]}
+    assert all(s["status"] == "done" for s in stages.values())
+    assert {n: s["metrics"].get("world_size") for n, s in stages.items() if "world_size" in s["metrics"]} == {
+        "pretrain_base": 2,
+        "pretrain_upscaled": 2,
+    }
+    assert stages["tokenize"]["cached"] and stages["base_init"]["cached"]
