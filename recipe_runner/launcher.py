@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +73,7 @@ class DistributedLaunch:
         }
 
     def run(self) -> dict[str, Artifact]:
-        for stale in (self.tmp / RESULT, self.tmp / "events.jsonl"):
-            stale.unlink(missing_ok=True)
-        if (self.tmp / ERRORS).exists():
-            for f in (self.tmp / ERRORS).iterdir():
-                f.unlink()
-        job_file = self.tmp / f"job-{uuid.uuid4().hex[:8]}.json"
+        job_file = self.tmp / "job.json"  # the runner hands every launch a fresh temporary directory
         job_file.write_text(json.dumps(self.job))
         env = dict(os.environ)
         cmd = launch_command(self.spec, job_file, env)

@@ -57,8 +57,6 @@ from recipe_runner.launch import LaunchSpec, visible_gpus
 
 from ..common.model_shape import count_parameters, layer_parameters, local_model_shape
 
-Kind = Literal["pretrain", "sft", "reward", "dpo"]
-
 #: assumed accelerator throughput (dense, no sparsity) in FLOP/s per device, by precision
 H100_PEAK_FLOPS = {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}
 ASSUMED_MFU = 0.40
@@ -332,7 +330,7 @@ def estimate(w: Workload, launch: LaunchSpec) -> dict[str, Any]:
     }
 
 
-def estimate_stage(view: PlanView[Any], launch: LaunchSpec, kind: Kind) -> dict[str, Any]:
+def estimate_stage(view: PlanView[Any], launch: LaunchSpec, kind: str) -> dict[str, Any]:
     """The estimate of a pretrain / sft / reward / dpo stage from its params
     and upstream facts; ``{"unknown": why}`` where the plan cannot know the
     model's size or the sequence length."""
@@ -412,7 +410,7 @@ def _json_file(path: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _sequence_length(view: PlanView[Any], kind: Kind, model_facts: Mapping[str, Any]) -> int | None:
+def _sequence_length(view: PlanView[Any], kind: str, model_facts: Mapping[str, Any]) -> int | None:
     """Tokens per row: the packed dataset's row length (pretrain), else the
     stage's max_length capped at the model's context length."""
     max_pos = model_facts.get(MAX_POSITIONS)

@@ -5,15 +5,14 @@ held-out pairs before and after training."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import Field
 
-from recipe_runner import MODEL, Artifact, PlanView, StageContext
-from recipe_runner.launch import LaunchSpec
+from recipe_runner import MODEL, Artifact, StageContext
 
 from ...common.devices import with_cpu_threads
+from ..data_parallel import DataParallelTrainerStage
 from ..lora import LoraParams
 from ..preference.params import PreferenceParams
 from ..preference.stage import PreferenceStage
@@ -60,20 +59,12 @@ class DPOParams(PreferenceParams):
     max_eval_samples: int | None = Field(200, ge=1, description="cap on held-out pairs")
 
 
-class DPOStage(PreferenceStage[DPOParams]):
+class DPOStage(DataParallelTrainerStage, PreferenceStage[DPOParams]):
     name = "dpo"
-    distributed = True  # data-parallel through the Trainer (DDP, FSDP, DeepSpeed) under `launch:`
     version = "1"
     description = "Direct Preference Optimization with trl's DPOTrainer (policy + frozen reference)"
     Params = DPOParams
     outputs = {"model": MODEL}
-
-    @classmethod
-    def plan_estimate(cls, view: PlanView[DPOParams], launch: LaunchSpec) -> Mapping[str, Any]:
-        """Memory per device and time per step for `recipe plan` (no torch: resource_estimate.py)."""
-        from ..resource_estimate import estimate_stage
-
-        return estimate_stage(view, launch, "dpo")
 
     @with_cpu_threads
     def run(self, ctx: StageContext[DPOParams]) -> dict[str, Artifact]:

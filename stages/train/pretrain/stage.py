@@ -28,16 +28,15 @@ from recipe_runner import (
     Stage,
     StageContext,
 )
-from recipe_runner.launch import LaunchSpec
 
 from ...common.devices import with_cpu_threads
 from ...common.tokenizer_digest import TOKENIZER_DIGEST
+from ..data_parallel import DataParallelTrainerStage
 from .params import PretrainParams
 
 
-class PretrainStage(Stage[PretrainParams]):
+class PretrainStage(DataParallelTrainerStage, Stage[PretrainParams]):
     name = "pretrain"
-    distributed = True  # data-parallel through the Trainer (DDP, FSDP, DeepSpeed) under `launch:`
     version = "2"  # 2: the tokenizer digest in the output's meta
     description = (
         "Pretrain or continue pretraining a causal LM on packed rows with transformers' Trainer "
@@ -53,13 +52,6 @@ class PretrainStage(Stage[PretrainParams]):
     @classmethod
     def output_facts(cls, params: PretrainParams, inputs: Mapping[str, Facts]) -> Mapping[str, Facts]:
         return {"model": inputs.get("model", {})}
-
-    @classmethod
-    def plan_estimate(cls, view: PlanView[PretrainParams], launch: LaunchSpec) -> Mapping[str, Any]:
-        """Memory per device and time per step for `recipe plan` (no torch: resource_estimate.py)."""
-        from ..resource_estimate import estimate_stage
-
-        return estimate_stage(view, launch, "pretrain")
 
     @classmethod
     def cross_check(cls, view: PlanView[PretrainParams]) -> list[str]:

@@ -5,15 +5,14 @@ the pairwise accuracy on held-out pairs before and after training."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from pydantic import Field
 
-from recipe_runner import REWARD_MODEL, Artifact, PlanView, StageContext, StageError
-from recipe_runner.launch import LaunchSpec
+from recipe_runner import REWARD_MODEL, Artifact, StageContext, StageError
 
 from ...common.devices import with_cpu_threads
+from ..data_parallel import DataParallelTrainerStage
 from ..preference.params import PreferenceParams
 from ..preference.stage import PreferenceStage
 
@@ -28,20 +27,12 @@ class RewardParams(PreferenceParams):
     max_eval_samples: int | None = Field(500, ge=1, description="cap on held-out pairs (pairwise accuracy)")
 
 
-class RewardStage(PreferenceStage[RewardParams]):
+class RewardStage(DataParallelTrainerStage, PreferenceStage[RewardParams]):
     name = "reward"
-    distributed = True  # data-parallel through the Trainer (DDP, FSDP, DeepSpeed) under `launch:`
     version = "1"
     description = "Reward model (sequence classifier) on preference pairs with trl's RewardTrainer"
     Params = RewardParams
     outputs = {"reward_model": REWARD_MODEL}
-
-    @classmethod
-    def plan_estimate(cls, view: PlanView[RewardParams], launch: LaunchSpec) -> Mapping[str, Any]:
-        """Memory per device and time per step for `recipe plan` (no torch: resource_estimate.py)."""
-        from ..resource_estimate import estimate_stage
-
-        return estimate_stage(view, launch, "reward")
 
     @with_cpu_threads
     def run(self, ctx: StageContext[RewardParams]) -> dict[str, Artifact]:

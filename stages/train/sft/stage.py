@@ -10,19 +10,18 @@ from pathlib import Path
 from typing import Any
 
 from recipe_runner import ADAPTER, DATASET, MODEL, Artifact, Input, PlanView, StageContext
-from recipe_runner.launch import LaunchSpec
 
 from ...common.devices import with_cpu_threads
 from ...common.models import MODEL_INPUT, local_path
+from ..data_parallel import DataParallelTrainerStage
 from ..fine_tuning import FineTuningStage
 from .chat_templates import CHAT_TEMPLATES, names_a_template
 from .params import SFTParams
 from .trainer import SFTSetup
 
 
-class SFTStage(FineTuningStage[SFTParams]):
+class SFTStage(DataParallelTrainerStage, FineTuningStage[SFTParams]):
     name = "sft"
-    distributed = True  # data-parallel through the Trainer (DDP, FSDP, DeepSpeed) under `launch:`
     version = "1"
     description = "Supervised fine-tuning (full, LoRA, QLoRA) with trl's SFTTrainer"
     Params = SFTParams
@@ -46,13 +45,6 @@ class SFTStage(FineTuningStage[SFTParams]):
         if template is not None:
             out["chat_template"] = template
         return out
-
-    @classmethod
-    def plan_estimate(cls, view: PlanView[SFTParams], launch: LaunchSpec) -> Mapping[str, Any]:
-        """Memory per device and time per step for `recipe plan` (no torch: resource_estimate.py)."""
-        from ..resource_estimate import estimate_stage
-
-        return estimate_stage(view, launch, "sft")
 
     @classmethod
     def cross_check(cls, view: PlanView[SFTParams]) -> list[str]:
