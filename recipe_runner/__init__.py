@@ -36,6 +36,7 @@ from .stage import (
     StageRef,
     Upstream,
     UpstreamRecord,
+    per_process,
     run_setting,
     split_params,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "StageRef",
     "Upstream",
     "UpstreamRecord",
+    "per_process",
     "run_setting",
     "split_params",
 ]

@@ -51,6 +51,11 @@ class LaunchSpec(BaseModel):
     port: int | None = Field(
         None, ge=1, le=65535, description="rendezvous port (default: a free one, or 29500 across nodes)"
     )
+    elastic: bool = Field(
+        False,
+        description="a re-run with another process count continues from the checkpoints the previous count left "
+        "(ddp only; the global batch follows the new count; the output is marked and never shared)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> LaunchSpec:
@@ -65,6 +70,11 @@ class LaunchSpec(BaseModel):
                 )
             if self.config is not None:
                 raise ValueError("give either preset or config, not both")
+        if self.elastic and self.strategy != "ddp":
+            raise ValueError(
+                f"elastic: true continues DDP checkpoints (whole model and optimizer on every rank); "
+                f"{self.strategy} checkpoints are sharded per rank, so another process count cannot load them"
+            )
         if self.strategy == "ddp" and (self.preset or self.config):
             raise ValueError("strategy ddp takes no preset or config (they are for fsdp / deepspeed)")
         return self

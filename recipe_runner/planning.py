@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .digests import DigestCache
+from .elastic import other_world_size
 from .errors import RunError
 from .keys import describe_change, digest, key_parts, run_settings
 from .recipe import Recipe, ResolvedStage
@@ -33,6 +34,7 @@ class PlanItem:
     parts: dict[str, Any] | None
     action: str  # run | cached | skip (outside the selection)
     reason: str
+    continued_from: dict[str, Any] | None = None  # elastic: the checkpoints of another process count it continued
 
 
 class Keys:
@@ -103,7 +105,7 @@ def plan(
         elif record is not None:
             action, reason = CACHED, _cached_reason(s, previous.get(s.name))
         else:
-            action, reason = RUN, why(s, redact(parts, recipe.secrets), key, previous.get(s.name), store)
+            action, reason = RUN, why(s, parts, key, previous.get(s.name), store, recipe.secrets)
         keys.learn(s.name, record if action != RUN else None)
         if action == RUN:
             _require_inputs(s, items)
@@ -131,21 +133,30 @@ def _cached_reason(stage: ResolvedStage, prev: dict[str, Any] | None) -> str:
 
 
 def why(
-    stage: ResolvedStage, parts: dict[str, Any] | None, key: str | None, prev: dict[str, Any] | None, store: RunStore
+    stage: ResolvedStage,
+    parts: dict[str, Any] | None,
+    key: str | None,
+    prev: dict[str, Any] | None,
+    store: RunStore,
+    secrets: frozenset[str] = frozenset(),
 ) -> str:
-    """Why a stage must run, naming what changed."""
+    """Why a stage must run, naming what changed (``prev`` holds redacted parts)."""
     if key is None:
         ups = sorted({b.stage for b in stage.bindings.values() if b is not None})
         return f"after {', '.join(ups)} (cached if its output is unchanged)"
     if store.checkpoint_has_state(stage.name, key):
         return "resume (interrupted)"
+    if stage.launch is not None and stage.launch.elastic and parts is not None:
+        found = other_world_size(store.checkpoint_dir(stage.name, key), stage.name, parts, stage.params)
+        if found is not None:
+            return f"continue the {found[1]['world_size']}-process run's checkpoints (elastic)"
     if store.corrupt.get(stage.name):
         return f"cached output corrupt ({store.corrupt[stage.name]})"
     if prev is None or not prev.get("parts"):
         return "new"
     if prev.get("fingerprint") == key:
         return "retry (failed last time)" if prev.get("status") == "failed" else "not finished"
-    changes = describe_change(prev["parts"], parts or {})
+    changes = describe_change(prev["parts"], redact(parts, secrets) or {})
     return "; ".join(changes[:3]) + (f" (+{len(changes) - 3} more)" if len(changes) > 3 else "") or "changed"
 
 

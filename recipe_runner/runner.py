@@ -21,6 +21,7 @@ from typing import Any
 from .artifacts import Artifact
 from .capture import library_output_to, summarize
 from .digests import DigestCache
+from .elastic import adopt_other_world_size, record_checkpoint_key
 from .errors import RunError
 from .keys import run_settings
 from .launch import LaunchSpec
@@ -168,7 +169,7 @@ class Runner:
             if forced and self.store.clear_checkpoints(item.stage.name, item.fingerprint or ""):
                 log.info("stage %s: --force: its in-stage checkpoints were cleared", item.stage.name)
             self.on_event("start", {"item": item, "entry": entry})
-            ok, seconds = self._run_stage(item, manifest, entry)
+            ok, seconds = self._run_stage(item, manifest, entry, bool(forced))
             result.stage_seconds += seconds
             self.on_event("end", {"item": item, "entry": entry})
             if not ok:
@@ -201,8 +202,26 @@ class Runner:
         return self.shared_cache.pull(self.store, item.stage.name, item.fingerprint)
 
     def _push(self, item: PlanItem) -> None:
-        if self.shared_cache is not None and item.fingerprint is not None and not self.store.rank:
-            self.shared_cache.push(self.store, item.stage.name, item.fingerprint)
+        if self.shared_cache is None or item.fingerprint is None or self.store.rank:
+            return
+        if item.continued_from:
+            log.info(
+                "stage %s: not pushed to the shared cache: it continued from another process count's "
+                "checkpoints (elastic), so a fresh run under its key would give other bytes",
+                item.stage.name,
+            )
+            return
+        self.shared_cache.push(self.store, item.stage.name, item.fingerprint)
+
+    def _note_checkpoint_key(self, item: PlanItem, ckpt: Path, elastic: bool) -> None:
+        """Record the key of the stage's checkpoint dir; with ``launch.elastic``,
+        an empty one first continues another process count's checkpoints."""
+        if self.store.rank or item.parts is None or item.fingerprint is None:
+            return
+        launch = item.stage.launch
+        if elastic and launch is not None and launch.elastic:
+            item.continued_from = adopt_other_world_size(ckpt, item.stage.name, item.parts, item.stage.params)
+        record_checkpoint_key(ckpt, item.fingerprint, item.parts, item.stage.params)
 
     def _new_manifest(self, items: list[PlanItem]) -> dict[str, Any]:
         previous = {s["name"]: s for s in (self.store.read_manifest() or {}).get("stages", [])}
@@ -295,65 +314,88 @@ class Runner:
             out[field] = [stat_signature(f) for f in walk_files(p)] if p.exists() else []
         return out
 
-    def _run_stage(self, item: PlanItem, manifest: dict[str, Any], entry: dict[str, Any]) -> tuple[bool, float]:
+    def _run_stage(
+        self, item: PlanItem, manifest: dict[str, Any], entry: dict[str, Any], forced: bool = False
+    ) -> tuple[bool, float]:
         """Run one stage and commit its outputs; a failure is recorded in the
         manifest entry (and a Ctrl-C / SIGTERM re-raised after recording it)."""
         s = item.stage
         assert item.fingerprint is not None
         tmp, ckpt = self.store.prepare(s.name, item.fingerprint)
+        self._note_checkpoint_key(item, ckpt, elastic=not forced)
         resumed = any(ckpt.iterdir())
         local_before = self._local_signatures(item)
         entry.update(status="running", cached=False, started=_now(), error=None)
         self.store.write_manifest(manifest)
         t = time.perf_counter()
         with self._stage_log(s.name) as stage_log:
-            ctx: StageContext[Any] = StageContext(
-                name=s.name,
-                params=s.params,
-                inputs={},
-                output_dir=tmp / "outputs",
-                checkpoint_dir=ckpt,
-                seed=self.recipe.seed,
-                log=stage_log,
-                resumed=resumed,
-                recipe_name=self.recipe.name,
-                lineage=self._lineage(item, manifest),
-                progress_sink=self.progress_sink,
-            )
+            ctx = self._context(item, manifest, tmp, ckpt, stage_log, resumed)
             try:
                 if self.tracking is not None and not self.store.rank:
                     config = self.recipe.stage_params_json(s)
                     ctx.tracker = self.tracking.open(s.name, s.type, ckpt, config)
                 ctx.inputs = self._inputs(item, manifest)
-                if resumed:
-                    stage_log.info("resuming: in-stage checkpoints found in %s", ckpt)
+                self._say_where_it_starts(item, ctx)
                 returned = self._call_stage(s, ctx, item)
                 outputs = collect_outputs(s.stage_cls, s.params, ctx, returned)
                 self._check_unchanged(item, local_before)
                 self._commit(item, tmp, outputs, ctx.metrics, time.perf_counter() - t, resumed, entry)
             except (Exception, KeyboardInterrupt, _Interrupted) as e:
                 seconds = time.perf_counter() - t
-                msg = _failure_message(e)
-                stage_log.error("stage failed: %s", msg)
-                stage_log.debug("%s", traceback.format_exc())
-                interrupted = isinstance(e, (KeyboardInterrupt, _Interrupted))
-                entry.update(
-                    status="interrupted" if interrupted else "failed",
-                    error=msg,
-                    seconds=round(seconds, 3),
-                    finished=_now(),
-                    metrics=_jsonable(ctx.metrics),
-                    log=str(self.store.logs_dir / f"{s.name}.log"),
-                )
+                self._record_failure(e, ctx, entry, seconds)
                 self.store.write_manifest(manifest)
-                if interrupted:
-                    raise KeyboardInterrupt(msg) from None
+                if isinstance(e, (KeyboardInterrupt, _Interrupted)):
+                    raise KeyboardInterrupt(entry["error"]) from None
                 return False, seconds
             finally:
                 if ctx.tracker is not None:
                     ctx.tracker.finish(_jsonable(ctx.metrics))
         self.store.write_manifest(manifest)
         return True, time.perf_counter() - t
+
+    def _context(
+        self, item: PlanItem, manifest: dict[str, Any], tmp: Path, ckpt: Path, log: logging.Logger, resumed: bool
+    ) -> StageContext[Any]:
+        s = item.stage
+        return StageContext(
+            name=s.name,
+            params=s.params,
+            inputs={},
+            output_dir=tmp / "outputs",
+            checkpoint_dir=ckpt,
+            seed=self.recipe.seed,
+            log=log,
+            resumed=resumed,
+            recipe_name=self.recipe.name,
+            lineage=self._lineage(item, manifest),
+            progress_sink=self.progress_sink,
+        )
+
+    @staticmethod
+    def _say_where_it_starts(item: PlanItem, ctx: StageContext[Any]) -> None:
+        """A log line when the stage continues checkpoints (its own, or another process count's)."""
+        if item.continued_from:
+            ctx.log.info(
+                "elastic: continuing from the checkpoints of the %s-process run (%s)",
+                item.continued_from["world_size"],
+                item.continued_from["from"],
+            )
+            ctx.metrics["continued_from_processes"] = item.continued_from["world_size"]
+        elif ctx.resumed:
+            ctx.log.info("resuming: in-stage checkpoints found in %s", ctx.checkpoint_dir)
+
+    def _record_failure(self, e: BaseException, ctx: StageContext[Any], entry: dict[str, Any], seconds: float) -> None:
+        msg = _failure_message(e)
+        ctx.log.error("stage failed: %s", msg)
+        ctx.log.debug("%s", traceback.format_exc())
+        entry.update(
+            status="interrupted" if isinstance(e, (KeyboardInterrupt, _Interrupted)) else "failed",
+            error=msg,
+            seconds=round(seconds, 3),
+            finished=_now(),
+            metrics=_jsonable(ctx.metrics),
+            log=str(self.store.logs_dir / f"{ctx.name}.log"),
+        )
 
     @contextmanager
     def _stage_log(self, name: str) -> Iterator[logging.Logger]:
@@ -393,6 +435,7 @@ class Runner:
             "params": self.recipe.stage_params_json(s),
             "parts": redact(item.parts, self.recipe.secrets),
             "resumed": resumed,
+            "continued_from": item.continued_from,
         }
         assert item.fingerprint is not None
         self.store.commit(s.name, item.fingerprint, tmp, record)

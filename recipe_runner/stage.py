@@ -57,6 +57,23 @@ def run_setting(default: Any = ..., *, description: str = "", **kwargs: Any) -> 
     return Field(default, description=description, json_schema_extra={"run_setting": True}, **kwargs)
 
 
+def per_process(default: Any = ..., *, description: str = "", **kwargs: Any) -> Any:
+    """A parameter field that sets each process's share of the work (per-device
+    batch, gradient accumulation): it keys the result like any parameter, and an
+    elastic resume (``launch: {elastic: true}``) may change it together with the
+    process count.  Use it like ``pydantic.Field``."""
+    return Field(default, description=description, json_schema_extra={"per_process": True}, **kwargs)
+
+
+def per_process_fields(params: BaseModel) -> list[str]:
+    """The top-level fields of ``params`` declared with :func:`per_process`."""
+    return [
+        name
+        for name, f in type(params).model_fields.items()
+        if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("per_process")
+    ]
+
+
 P = TypeVar("P", bound=Params)
 
 Facts = Mapping[str, Any]

@@ -7,6 +7,7 @@ Layout under ``WORKDIR/RECIPE_NAME/``::
                                     then the directory renamed into place)
     tmp/<stage>-<fp12>/             a stage being written (discarded on retry)
     checkpoints/<stage>-<fp12>/     in-stage checkpoints, kept until commit
+    checkpoints/<stage>-<fp12>.key.json  the key they were made under
     logs/<stage>.log                per-stage log
     manifest.json                   the last run's manifest
     .lock                           held (flock) while a run writes here
@@ -29,6 +30,8 @@ from .digests import DigestCache, file_digest, tree_digest, tree_files
 from .errors import RunError
 
 STAGE_RECORD = "stage.json"
+#: beside a checkpoint dir: the key its checkpoints were made under (see recipe_runner.elastic)
+CHECKPOINT_KEY_SUFFIX = ".key.json"
 
 
 def _key(stage: str, fingerprint: str) -> str:
@@ -190,7 +193,7 @@ class RunStore:
         if world_size() == 1:
             # other ranks may still be reading the shared checkpoints; under a
             # multi-process launch they are left for the next run to reuse or replace
-            shutil.rmtree(self.ckpt_dir / _key(stage, fingerprint), ignore_errors=True)
+            self.clear_checkpoints(stage, fingerprint)
         return final
 
     def _wait_for_commit(self, stage: str, fingerprint: str, timeout: float = 3600) -> Path:
@@ -211,11 +214,15 @@ class RunStore:
             time.sleep(0.5)
         return self.committed_dir(stage, fingerprint)
 
+    def checkpoint_dir(self, stage: str, fingerprint: str) -> Path:
+        return self.ckpt_dir / _key(stage, fingerprint)
+
     def clear_checkpoints(self, stage: str, fingerprint: str) -> bool:
         """Drop a stage's in-stage checkpoints (``--force`` starts it from scratch)."""
         d = self.ckpt_dir / _key(stage, fingerprint)
         existed = d.is_dir() and any(d.iterdir())
         shutil.rmtree(d, ignore_errors=True)
+        d.with_name(d.name + CHECKPOINT_KEY_SUFFIX).unlink(missing_ok=True)
         return existed
 
     def checkpoint_has_state(self, stage: str, fingerprint: str) -> bool:

@@ -99,3 +99,34 @@ def _require_test_plugin():
             "the test plugin is not installed: pip install -e tests/plugins/rr_testplugin "
             "tests/plugins/rr_testplugin_dup (the README's test command does this)"
         )
+
+
+TINY_PRETRAIN = """
+name: ddp-tiny
+seed: 7
+defaults: {{cpu_threads: 1}}
+stages:
+  - type: source
+    params:
+      sources:
+        - {{path: "{data}/the-verdict.txt", split_by: blank_lines}}
+      validation: 0.1
+  - type: tokenize
+    params: {{train: {{algorithm: bpe, vocab_size: 512}}}}
+  - type: pack
+    params: {{max_seq_length: 64}}
+  - type: init
+    params:
+      model_type: llama
+      config: {{num_hidden_layers: 2, hidden_size: 32, intermediate_size: 64, num_attention_heads: 2,
+               max_position_embeddings: 64}}
+  - type: pretrain
+    params: {{max_steps: 6, per_device_train_batch_size: 4, learning_rate: 3.0e-3, warmup_steps: 2,
+             logging_steps: 1, save_steps: 100}}
+"""
+
+
+@pytest.fixture()
+def tiny_pretrain_recipe(tmp_path, data_dir) -> Path:
+    """A data-to-pretrain recipe (run name ddp-tiny) on The Verdict: a 2-layer Llama, 6 steps of batch 4."""
+    return _write(tmp_path / "r.yaml", TINY_PRETRAIN.format(data=data_dir))
