@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
-from recipe_runner import Params, StageContext, StageError
+from recipe_runner import Params, StageContext, StageError, per_process
 from recipe_runner.launch import LaunchSpec
 
 from ..common.devices import Device, Precision, cpu_threads_field, resolve_device, resolve_precision
@@ -34,9 +34,9 @@ class TrainingParams(Params):
 
     max_steps: int = Field(-1, ge=-1, description="optimizer steps to run (>= 1); -1 trains for num_train_epochs")
     num_train_epochs: float = Field(1.0, gt=0, description="epochs when max_steps is -1")
-    per_device_train_batch_size: int = Field(2, ge=1)
+    per_device_train_batch_size: int = per_process(2, ge=1)
     per_device_eval_batch_size: int = Field(2, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
+    gradient_accumulation_steps: int = per_process(1, ge=1)
     learning_rate: float = Field(5e-5, gt=0)
     lr_scheduler_type: Literal[
         "linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr", "inverse_sqrt", "polynomial"
@@ -123,6 +123,10 @@ def training_arguments_kwargs(p: TrainingParams, ctx: StageContext[Any], has_eva
     }
     kw.update(_checkpointing_kwargs(p.gradient_checkpointing))
     kw.update(_distributed_kwargs(p, ctx.launch, device))
+    if device == "cpu" and kw.get("fsdp"):
+        from .cpu_fsdp import configure_fsdp_on_cpu
+
+        kw.update(configure_fsdp_on_cpu(kw, ctx))
     return kw
 
 
@@ -145,13 +149,14 @@ def _checkpointing_kwargs(enabled: bool) -> dict[str, Any]:
 def _distributed_kwargs(p: TrainingParams, launch: LaunchSpec | None, device: str) -> dict[str, Any]:
     """DeepSpeed / FSDP settings: the stage's raw ``deepspeed`` / ``fsdp``
     parameters when the recipe sets them, else the ``launch:`` block's strategy
-    (a shipped preset or its raw config); nothing for DDP.  On CPU, FSDP and
-    ZeRO are refused: accelerate (the Trainer's engine) enables FSDP only for
-    GPUs and would silently train DDP instead."""
-    if launch is not None and launch.strategy != "ddp" and device == "cpu":
+    (a shipped preset or its raw config); nothing for DDP.  On CPU, ZeRO is
+    refused: accelerate (the Trainer's engine) enables DeepSpeed only for GPUs
+    and would silently train DDP instead.  FSDP2 runs on CPU too
+    (stages/train/cpu_fsdp.py)."""
+    if launch is not None and launch.strategy == "deepspeed" and device == "cpu":
         raise StageError(
-            f"strategy {launch.strategy} needs GPUs: on CPU the Trainer (accelerate) would silently run plain DDP; "
-            "use strategy: ddp on CPU"
+            "strategy deepspeed needs GPUs: on CPU the Trainer (accelerate) would silently run plain DDP; "
+            "use strategy: ddp or fsdp on CPU"
         )
     kw: dict[str, Any] = {}
     if p.deepspeed is not None:

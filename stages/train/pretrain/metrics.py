@@ -110,10 +110,12 @@ def log_summary(ctx: StageContext[Any], metrics: dict[str, Any]) -> None:
         if "eval_loss" in metrics
         else ""
     )
+    loss = metrics.get("final_train_loss", metrics.get("train_loss"))
+    train = f", train loss {loss:.4f}" if loss is not None else " (no train loss logged: logging_steps > steps)"
     ctx.log.info(
-        "pretrain: %d steps, %.0f tokens/s, train loss %.4f%s",
+        "pretrain: %d steps, %.0f tokens/s%s%s",
         metrics["global_step"],
         metrics["tokens_per_second"],
-        metrics.get("final_train_loss", float("nan")),
+        train,
         validation,
     )
