@@ -111,6 +111,7 @@ def run(
     from .console import detach, progress_sink, redact_logs, setup_logging, summary_table
     from .errors import RunError
     from .planning import Selection
+    from .planning import plan as make_plan
     from .runner import Runner
 
     setup_logging(verbose)
@@ -129,7 +130,7 @@ def run(
     )
     try:
         if dry_run:
-            _print_plan(runner.plan(sel), r.name)
+            _print_plan(make_plan(r, runner.store, sel, shared=runner.shared_cache), r.name)
             raise typer.Exit(EXIT_OK)
         result = runner.run(sel)
     except RunError as e:
@@ -214,8 +215,10 @@ def plan(
     only: list[str] | None = typer.Option(None, "--only"),
     force: list[str] | None = typer.Option(None, "--force"),
     as_json: bool = typer.Option(False, "--json"),
+    cache: str | None = CacheOpt,
 ) -> None:
-    """Show what `recipe run` would do and why (new / parameters changed / input changed / cached)."""
+    """Show what `recipe run` would do and why (new / parameters changed / input changed / cached; with a
+    shared cache, which stages the run would pull from it)."""
     from .errors import RunError
     from .plan_estimates import estimate_lines, stage_estimates
     from .planning import Selection
@@ -224,7 +227,8 @@ def plan(
 
     r = _load(recipe, set_)
     try:
-        items = make_plan(r, RunStore(workdir, r.name), Selection(from_, until, list(only or []), list(force or [])))
+        sel = Selection(from_, until, list(only or []), list(force or []))
+        items = make_plan(r, RunStore(workdir, r.name), sel, shared=_shared_cache(cache, r))
     except RunError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(EXIT_INVALID) from None
@@ -271,35 +275,47 @@ def status(
     set_: list[str] | None = SetOpt,
     workdir: Path = WorkdirOpt,
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    cache: str | None = CacheOpt,
 ) -> None:
-    """State of each stage of a recipe's run directory: pending, running, done or failed."""
+    """State of each stage of a recipe's run directory: pending, running, done or failed (with a shared
+    cache, also whether a stage not done here is in it: "shared" in --json)."""
     from .console import stdout, summary_table
-    from .runner import status as run_status
+    from .planning import IN_SHARED_CACHE
+    from .planning import status as run_status
+    from .store import RunStore
 
     r = _load(recipe, set_)
-    st = run_status(r, workdir)
+    st = run_status(r, RunStore(workdir, r.name), _shared_cache(cache, r))
     if as_json:
         typer.echo(json.dumps(st, indent=2, default=str))
     else:
-        stdout.print(summary_table(st, f"{r.name}  ({st['run_dir']})"))
+        shown = [{"error": IN_SHARED_CACHE, **e} if e["shared"] and not e.get("error") else e for e in st["stages"]]
+        stdout.print(summary_table({**st, "stages": shown}, f"{r.name}  ({st['run_dir']})"))
 
 
 @app.command()
-def verify(recipe: str = RecipeArg, set_: list[str] | None = SetOpt, workdir: Path = WorkdirOpt) -> None:
-    """Check every committed output of a recipe's run against its recorded content
-    digests; exit 1 naming each corrupt file, 0 when all are intact."""
+def verify(
+    recipe: str = RecipeArg, set_: list[str] | None = SetOpt, workdir: Path = WorkdirOpt, cache: str | None = CacheOpt
+) -> None:
+    """Check every committed output of a recipe's run (and, with a shared cache, its entries for the
+    recipe's current keys) against the recorded content digests; exit 1 naming each corrupt file, 0 when
+    all are intact."""
     import time
 
     from .planning import verify_run
 
     r = _load(recipe, set_)
     t = time.perf_counter()
-    checked, problems = verify_run(r, workdir)
-    for p in problems:
+    shared = _shared_cache(cache, r)
+    v = verify_run(r, workdir, shared)
+    for p in v.problems:
         typer.echo(f"corrupt: {p}", err=True)
-    verdict = f"{len(problems)} corrupt file(s); `recipe run --force STAGE` rebuilds one" if problems else "all intact"
-    typer.echo(f"verified {checked} stage outputs in {time.perf_counter() - t:.2f}s: {verdict}")
-    raise typer.Exit(EXIT_STAGE_FAILED if problems else EXIT_OK)
+    n = len(v.problems)
+    fix = "`recipe run --force STAGE` rebuilds one" + ("; a run replaces a corrupt shared entry" if shared else "")
+    verdict = f"{n} corrupt file(s); {fix}" if n else "all intact"
+    also = f" and {v.shared} entries of the shared cache {shared.url}" if shared else ""
+    typer.echo(f"verified {v.checked} stage outputs{also} in {time.perf_counter() - t:.2f}s: {verdict}")
+    raise typer.Exit(EXIT_STAGE_FAILED if n else EXIT_OK)
 
 
 @app.command()

@@ -50,6 +50,7 @@ class DigestCache:
         self.path = path if writable else None
         self.entries: dict[str, list[Any]] = {}
         self.dirty = False
+        self.hits = self.misses = 0  # digests served from the cache / computed from the bytes
         if path is not None:
             try:
                 self.entries = json.loads(path.read_text())
@@ -61,7 +62,9 @@ class DigestCache:
         sig = stat_signature(path)
         hit = self.entries.get(key)
         if hit is not None and hit[0] == sig:
+            self.hits += 1
             return str(hit[1])
+        self.misses += 1
         value = file_digest(path)
         self.entries[key] = [sig, value]
         self.dirty = True

@@ -1,12 +1,13 @@
 """What `recipe run` would do and why: each stage's key (known once every
 input's output digest is known), whether a verified output with that key is
-committed, and, when a stage must run, what changed since the last run."""
+committed (or, with a shared cache, published there), and, when a stage must
+run, what changed since the last run.  Also `recipe status` and `recipe verify`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .digests import DigestCache
 from .elastic import other_world_size
@@ -16,7 +17,11 @@ from .recipe import Recipe, ResolvedStage
 from .redaction import redact
 from .store import RunStore
 
+if TYPE_CHECKING:
+    from .shared_cache import SharedCache
+
 RUN, CACHED, SKIP = "run", "cached", "skip"
+IN_SHARED_CACHE = "in the shared cache (pulled at run)"
 
 
 @dataclass
@@ -61,6 +66,21 @@ class Keys:
         """A stage's committed record (or None: its outputs are not known yet)."""
         self.outputs[name] = None if record is None else RunStore.output_digests(record)
 
+    def learn_digests(self, name: str, digests: dict[str, str] | None) -> None:
+        """A stage's output digests known without its record (a shared cache entry's marker)."""
+        self.outputs[name] = digests
+
+
+def in_shared(shared: SharedCache | None, key: str | None) -> tuple[bool, dict[str, str] | None]:
+    """Whether the shared cache has a complete entry for ``key``, and its
+    outputs' digests (from the entry's marker: nothing is downloaded)."""
+    if shared is None or key is None:
+        return False, None
+    marker = shared.marker(key)
+    if marker is None:
+        return False, None
+    return True, shared.output_digests(key, marker)
+
 
 def stage_key(parts: dict[str, Any] | None) -> str | None:
     return digest(parts) if parts is not None else None
@@ -84,11 +104,17 @@ def selected_names(recipe: Recipe, sel: Selection) -> set[str]:
 
 
 def plan(
-    recipe: Recipe, store: RunStore, sel: Selection | None = None, cache: DigestCache | None = None
+    recipe: Recipe,
+    store: RunStore,
+    sel: Selection | None = None,
+    cache: DigestCache | None = None,
+    shared: SharedCache | None = None,
 ) -> list[PlanItem]:
     """The plan in stage order (keys of stages downstream of one that must run
     are computed again when the run reaches them: identical upstream bytes
-    leave them cached)."""
+    leave them cached).  With a ``shared`` cache, a stage that would run but
+    whose key has a complete entry there is shown cached (the run pulls it);
+    its outputs' digests, from the entry's marker, key the stages after it."""
     sel = sel or Selection()
     selected = selected_names(recipe, sel)
     keys = Keys(recipe, store, cache or store.digest_cache())
@@ -98,6 +124,7 @@ def plan(
         parts = keys.parts(s)
         key = stage_key(parts)
         record = store.committed(s.name, key) if key else None
+        found, digests = False, None
         if s.name not in selected:
             action, reason = SKIP, "not selected" + ("" if record else " (no output yet)")
         elif s.name in sel.force:
@@ -105,8 +132,13 @@ def plan(
         elif record is not None:
             action, reason = CACHED, _cached_reason(s, previous.get(s.name))
         else:
-            action, reason = RUN, why(s, parts, key, previous.get(s.name), store, recipe.secrets)
-        keys.learn(s.name, record if action != RUN else None)
+            found, digests = in_shared(shared, key)
+            action, reason = (CACHED, IN_SHARED_CACHE) if found else (RUN, "")
+            reason = reason or why(s, parts, key, previous.get(s.name), store, recipe.secrets)
+        if found:
+            keys.learn_digests(s.name, digests)
+        else:
+            keys.learn(s.name, record if action != RUN else None)
         if action == RUN:
             _require_inputs(s, items)
         items.append(PlanItem(s, key, parts, action, reason))
@@ -160,56 +192,87 @@ def why(
     return "; ".join(changes[:3]) + (f" (+{len(changes) - 3} more)" if len(changes) > 3 else "") or "changed"
 
 
-def status(recipe: Recipe, store: RunStore) -> dict[str, Any]:
+def status(recipe: Recipe, store: RunStore, shared: SharedCache | None = None) -> dict[str, Any]:
     """The run's state for ``recipe status``: per stage pending/running/done/
     failed/interrupted, whether the last run reused it, key, artifact, seconds,
-    metrics.  Reads only: never takes the run lock."""
+    metrics, and (``shared``) whether a stage not done here has a complete
+    entry in the shared cache.  Reads only: never takes the run lock."""
     keys = Keys(recipe, store, store.digest_cache(writable=False))
-    manifest = store.read_manifest() or {}
-    prev = {s["name"]: s for s in manifest.get("stages", [])}
+    prev = {s["name"]: s for s in (store.read_manifest() or {}).get("stages", [])}
     holder = store.lock_holder()
     stages = []
     for s in recipe.stages:
         key = stage_key(keys.parts(s))
         record = store.committed(s.name, key) if key else None
-        keys.learn(s.name, record)
-        last = prev.get(s.name, {})
-        same = key is not None and last.get("fingerprint") == key
-        entry: dict[str, Any] = {
-            "name": s.name,
-            "type": s.type,
-            "status": "pending",
-            "cached": bool(same and last.get("cached")),
-            "fingerprint": key,
-            "artifact": None,
-            "seconds": None,
-            "metrics": {},
-        }
-        if record is not None:
-            entry.update(status="done", seconds=record.get("seconds"), metrics=record.get("metrics", {}))
-            entry["artifact"] = store.artifact_paths(s.name, key or "", record)
-        elif same and last.get("status") == "running":
-            entry["status"] = "running" if holder else "interrupted"
-            if not holder:
-                entry["error"] = "interrupted (the run ended without finishing this stage)"
-        elif same and last.get("status") in ("failed", "interrupted"):
-            entry.update(status=last["status"], error=last.get("error"), metrics=last.get("metrics", {}))
+        found, digests = in_shared(shared, key) if record is None else (False, None)
+        if found:
+            keys.learn_digests(s.name, digests)
+        else:
+            keys.learn(s.name, record)
+        entry = _status_entry(s, key, record, prev.get(s.name, {}), store, holder)
+        entry["shared"] = found
         stages.append(entry)
     return {"recipe": recipe.name, "run_dir": str(store.root), "stages": stages}
 
 
-def verify_run(recipe: Recipe, workdir: str | Path) -> tuple[int, list[str]]:
-    """Full content check of every committed output under the recipe's current keys."""
+def _status_entry(
+    s: ResolvedStage,
+    key: str | None,
+    record: dict[str, Any] | None,
+    last: dict[str, Any],
+    store: RunStore,
+    holder: dict[str, Any] | None,
+) -> dict[str, Any]:
+    same = key is not None and last.get("fingerprint") == key
+    entry: dict[str, Any] = {
+        "name": s.name,
+        "type": s.type,
+        "status": "pending",
+        "cached": bool(same and last.get("cached")),
+        "fingerprint": key,
+        "artifact": None,
+        "seconds": None,
+        "metrics": {},
+    }
+    if record is not None:
+        entry.update(status="done", seconds=record.get("seconds"), metrics=record.get("metrics", {}))
+        entry["artifact"] = store.artifact_paths(s.name, key or "", record)
+    elif same and last.get("status") == "running":
+        entry["status"] = "running" if holder else "interrupted"
+        if not holder:
+            entry["error"] = "interrupted (the run ended without finishing this stage)"
+    elif same and last.get("status") in ("failed", "interrupted"):
+        entry.update(status=last["status"], error=last.get("error"), metrics=last.get("metrics", {}))
+    return entry
+
+
+@dataclass
+class Verification:
+    checked: int = 0  # committed stage outputs verified
+    shared: int = 0  # shared cache entries verified
+    problems: list[str] = field(default_factory=list)  # one per corrupt file
+
+
+def verify_run(recipe: Recipe, workdir: str | Path, shared: SharedCache | None = None) -> Verification:
+    """Full content check of every committed output under the recipe's current
+    keys and, with ``shared``, of the shared cache's entries for those keys."""
     store = RunStore(workdir, recipe.name)
     keys = Keys(recipe, store, store.digest_cache(writable=False))
-    checked, problems = 0, []
+    v = Verification()
     for s in recipe.stages:
         key = stage_key(keys.parts(s))
         record = store.committed(s.name, key) if key else None
         if record is None and key and s.name in store.corrupt:
-            problems.append(store.corrupt[s.name])
-        keys.learn(s.name, record)
+            v.problems.append(store.corrupt[s.name])
         if record is not None and key:
-            checked += 1
-            problems += store.verify(s.name, key, record, full=True)
-    return checked, problems
+            v.checked += 1
+            v.problems += store.verify(s.name, key, record, full=True)
+        found, digests = in_shared(shared, key)
+        if found and shared is not None and key:
+            v.shared += 1
+            v.problems += shared.verify(key) or []
+        if record is None and found:
+            keys.learn_digests(s.name, digests)
+        else:
+            keys.learn(s.name, record)
+    return v
