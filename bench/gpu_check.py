@@ -10,14 +10,16 @@ Recipes (most valuable first):
   a  recipes/gpu/tinysolar_248m_bf16.yaml  TinySolar-248m bf16 pretraining (tokens/s, TFLOP/s, MFU), up-scaling
   b  recipes/gpu/qlora_sft.yaml            QLoRA (nf4, double quant, bf16 compute) SFT of a ~0.53B Llama, merge, eval
   c  recipes/gpu/quantize_gpu.yaml         bitsandbytes int8 / nf4 and GPTQ 4-bit g128, each reloaded, ppl delta
-  d  recipes/gpu/deepspeed_zero2.yaml      DeepSpeed ZeRO-2 and FSDP2 pretraining under torch.distributed.run
+  d  recipes/gpu/deepspeed_zero2.yaml      DeepSpeed ZeRO-2 and FSDP2 pretraining, launched by `recipe run`
 
 `--smoke` shrinks every recipe with `--set` overrides (tiny models, a few steps) and nothing else: the
 recipe files themselves are what gets validated and run.  Where no CUDA device is visible, every stage
 that needs one must refuse with its documented message (checked at `recipe validate` time with
 `device: cpu` where the stage has that check, and at run time); the recipe then runs again with those
-stages swapped for their CPU counterparts (lora for qlora, int8 / gguf for bnb / gptq, no DeepSpeed), so
-the rest of it is exercised too.  That is the same code path as on a GPU, minus the swap.
+stages swapped for their CPU counterparts (lora for qlora, int8 / gguf for bnb / gptq, DDP for DeepSpeed),
+so the rest of it is exercised too.  That is the same code path as on a GPU, minus the swap.  Every recipe
+is one `recipe run`: distributed stages (d) are launched by the runner from their `launch:` blocks, in 2
+processes where no CUDA device is visible (`cpu_set`: FSDP on CPU needs 2).
 
 The pretrain stages' summaries carry tokens/s (the stage's own figure over the whole training loop, and
 a steady-state figure timed from the stage log's step lines, which leaves out start-up and the final
@@ -58,7 +60,6 @@ class GpuStage:
     refusal: str  # regular expression its error matches where no CUDA device is visible
     swap: list[str]  # --set overrides that turn it into its CPU counterpart
     validate_refusal: bool = True  # `recipe validate` with device: cpu already reports it
-    launcher_after_swap: bool = True  # its CPU counterpart still needs torch.distributed.run
 
 
 @dataclass
@@ -69,7 +70,7 @@ class Spec:
     budget_s: int  # on a GPU
     smoke_set: list[str]
     gpu_stages: list[GpuStage] = field(default_factory=list)
-    launcher_stages: list[str] = field(default_factory=list)  # each in its own torch.distributed.run process
+    cpu_set: list[str] = field(default_factory=list)  # --set overrides where no CUDA device is visible
     independent: list[str] = field(default_factory=list)  # still worth running after one of them failed
 
     @property
@@ -171,7 +172,7 @@ SPECS: dict[str, Spec] = {
         Spec(
             "d",
             "recipes/gpu/deepspeed_zero2.yaml",
-            "DeepSpeed ZeRO-2 and FSDP2 pretraining (one GPU, torch.distributed.run)",
+            "DeepSpeed ZeRO-2 and FSDP2 pretraining, launched by `recipe run` from the stages' launch: blocks",
             budget_s=180,
             smoke_set=[
                 *SMOKE_COMMON,
@@ -183,18 +184,18 @@ SPECS: dict[str, Spec] = {
                 "vars.steps=10",
                 "vars.batch=4",
             ],
-            # no validate-time check for DeepSpeed: without the package (or a GPU) transformers refuses it
-            # when the stage builds its TrainingArguments
+            # FSDP on CPU (gloo) needs 2 processes (1 is refused: nothing to shard); on a GPU vars.processes
+            # stays the recipe's 1 (one process per GPU), unless --set d:vars.processes=N
+            cpu_set=["vars.processes=2"],
+            # no validate-time check for DeepSpeed: the stage refuses it when it builds its TrainingArguments
             gpu_stages=[
                 GpuStage(
                     "pretrain_zero2",
-                    r"(?i)deepspeed",
-                    ["stages.pretrain_zero2.params.deepspeed=null"],
+                    r"strategy deepspeed needs GPUs",
+                    ["stages.pretrain_zero2.launch.strategy=ddp", "stages.pretrain_zero2.launch.config=null"],
                     validate_refusal=False,
-                    launcher_after_swap=False,  # without DeepSpeed it is a plain pretrain stage
                 )
             ],
-            launcher_stages=["pretrain_zero2", "pretrain_fsdp"],
             independent=["pretrain_zero2", "pretrain_fsdp", "eval_zero2", "eval_fsdp"],
         ),
     )
@@ -306,13 +307,8 @@ class Runner:
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
 
-    def command(self, sub: str, spec: Spec, sets: list[str], *extra: str, launcher: bool = False) -> list[str]:
-        head = self.recipe
-        if launcher:
-            # torchrun runs the `recipe` script (python -m would put the working directory on sys.path)
-            head = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
-            head += self.recipe[-1:] if len(self.recipe) == 1 else ["-m", "recipe_runner.cli"]
-        cmd = [*head, sub, str(spec.path)]
+    def command(self, sub: str, spec: Spec, sets: list[str], *extra: str) -> list[str]:
+        cmd = [*self.recipe, sub, str(spec.path)]
         for s in sets:
             cmd += ["--set", s]
         if sub in ("run", "status", "plan"):
@@ -374,6 +370,18 @@ class Runner:
         stages = json.loads(manifest.read_text()).get("stages", []) if manifest.is_file() else []
         return {"run_dir": str(self.workdir / name), "stages": stages, "error": f"recipe status failed: {error}"}
 
+    def launches(self, spec: Spec, sets: list[str]) -> dict[str, dict[str, Any]]:
+        """The launch block of each distributed stage as `recipe plan --json` resolves it with ``sets``
+        (strategy, preset, processes, world size): what `recipe run` launched; {} where plan fails."""
+        cmd = self.command("plan", spec, sets, "--json")
+        proc = subprocess.run(cmd, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=120)
+        try:
+            plan = json.loads(proc.stdout)
+        except ValueError:
+            return {}
+        keep = ("strategy", "preset", "processes", "nodes", "world_size")
+        return {s["name"]: {k: s["launch"].get(k) for k in keep} for s in plan if isinstance(s.get("launch"), dict)}
+
 
 def tail(path: Path, n: int = 6) -> str:
     lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
@@ -427,12 +435,16 @@ def attention_implementation(model_dir: Path) -> str | None:
 
 
 def pretrain_summary(
-    stage: dict[str, Any], run_dir: Path, peak_tflops: float | None, attn: dict[str, str | None]
+    stage: dict[str, Any],
+    run_dir: Path,
+    peak_tflops: float | None,
+    attn: dict[str, str | None],
+    launch: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """tokens/s, TFLOP/s and MFU of one finished pretrain stage from its metrics, its output model's
-    config.json and its log."""
+    config.json and its log; with ``launch`` (Runner.launches), how it was launched and what ran."""
     m = stage["metrics"]
-    out: dict[str, Any] = {"stage": stage["name"]}
+    out: dict[str, Any] = {"stage": stage["name"], **launch_facts(m, launch)}
     steps = int(m.get("global_step") or 0)
     if not steps:
         return out
@@ -477,6 +489,28 @@ def pretrain_summary(
     return out
 
 
+def launch_facts(metrics: dict[str, Any], launch: dict[str, Any] | None) -> dict[str, Any]:
+    """The launch block a stage ran with and what the run recorded of it: its world size (set by the
+    rank worker of a launched stage) and, where the stage records them (FSDP on CPU), the strategy it
+    trained with and rank 0's share of the parameters."""
+    out: dict[str, Any] = {"launch": launch} if launch else {}
+    keep = ("world_size", "strategy", "fsdp_parameters", "fsdp_parameters_this_rank", "fsdp_sharded_tensors")
+    out.update({k: metrics[k] for k in keep if k in metrics})
+    return out
+
+
+def fmt_launch(p: dict[str, Any]) -> str:
+    """' [fsdp_full_shard x 2 processes, rank 0 holds 26,704 of 53,408 values]', '' without a launch."""
+    launch = p.get("launch")
+    if not launch:
+        return ""
+    n = p.get("world_size", launch.get("world_size"))
+    text = f"{launch.get('preset') or launch.get('strategy')} x {n} process{'' if n == 1 else 'es'}"
+    if "fsdp_parameters_this_rank" in p:
+        text += f", rank 0 holds {p['fsdp_parameters_this_rank']:,} of {p['fsdp_parameters']:,} values"
+    return f" [{text}]"
+
+
 def stage_summary(stage: dict[str, Any]) -> dict[str, Any]:
     """The headline metrics of a non-pretrain stage."""
     keep = {
@@ -512,10 +546,11 @@ def stage_summary(stage: dict[str, Any]) -> dict[str, Any]:
 
 
 def fmt_pretrain(p: dict[str, Any]) -> str:
+    head = p["stage"] + fmt_launch(p)
     if "tokens_per_second_stage" not in p:
-        return f"{p['stage']}: no metrics"
+        return f"{head}: no metrics"
     tok = p.get("tokens_per_second_steady")
-    parts = [f"{p['stage']}: {p['steps']} steps x {p['tokens_per_step']:,} tok"]
+    parts = [f"{head}: {p['steps']} steps x {p['tokens_per_step']:,} tok"]
     if tok:
         parts.append(f"{tok:,.0f} tok/s steady (stage {p['tokens_per_second_stage']:,.0f})")
     else:
@@ -575,74 +610,37 @@ def check_validate_refusals(runner: Runner, spec: Spec, sets: list[str], record:
     return True
 
 
-def run_plan(runner: Runner, spec: Spec, sets: list[str], launchers: list[str]) -> list[tuple[str, list[str], bool]]:
-    """(tag, extra `recipe run` arguments, under torch.distributed.run) for each command of a recipe: one
-    plain `recipe run`; or, with launcher stages, the stages before them, each launcher stage in its own
-    process, then the stages after them."""
-    if not launchers:
-        return [("run", [], False)]
-    names = [s["name"] for s in runner.status(spec, sets).get("stages", [])]
-    idx = [names.index(s) for s in launchers if s in names]
-    if not idx:
-        return [("run", [], False)]
-    plan: list[tuple[str, list[str], bool]] = []
-    if min(idx) > 0:
-        plan.append(("upstream", ["--until", names[min(idx) - 1]], False))
-    plan += [(s, ["--only", s], True) for s in launchers]
-    if max(idx) + 1 < len(names):
-        plan.append(("rest", ["--from", names[max(idx) + 1]], False))
-    return plan
-
-
 def run_steps(
-    runner: Runner,
-    spec: Spec,
-    sets: list[str],
-    record: dict[str, Any],
-    cuda: bool,
-    budget_end: float,
-    launchers: list[str],
+    runner: Runner, spec: Spec, sets: list[str], record: dict[str, Any], cuda: bool, budget_end: float
 ) -> tuple[bool, dict[str, Any]]:
-    """Run the recipe's commands (see run_plan); returns (all succeeded, `recipe status --json`).  On a
-    CPU the first failure ends it (it is the refusal under check); on a GPU a failed launcher stage does
-    not stop the next one, and after any other failure the still pending `independent` stages are run
-    one by one (`--only`), so one missing library costs one result, not the rest of the recipe."""
-    ok = True
-    for tag, extra, launcher in run_plan(runner, spec, sets, launchers):
-        res = runner.call(
-            f"{spec.key}-{tag}",
-            runner.command("run", spec, sets, *extra, launcher=launcher),
-            timeout=budget_end - time.monotonic(),
-        )
-        record["commands"].append(
-            {"cmd": tag, "rc": res.rc, "seconds": round(res.seconds, 1), "log": str(res.log), **res.gpu}
-        )
-        if res.timed_out:
-            record.update(status="timeout", error=f"{tag}: stopped after {res.seconds:.0f}s (budget)")
-            return False, runner.status(spec, sets)
-        if res.rc == 0:
-            continue
-        ok = False
-        record["last_failure"] = f"`{tag}` exit {res.rc}:\n{tail(res.log, 8)}"
-        if not runner.quiet:
-            print(tail(res.log), flush=True)
-        if not cuda:
-            break
-        if launcher and tag in spec.independent:
-            continue
-        st = runner.status(spec, sets)
-        for s in st.get("stages", []):
+    """One `recipe run` of the recipe (distributed stages launched by the runner itself, from their
+    `launch:` blocks); returns (it succeeded, `recipe status --json`).  On a CPU a failure ends it (it is
+    the refusal under check); on a GPU the still pending `independent` stages are then run one by one
+    (`--only`), so one missing library costs one result, not the rest of the recipe."""
+    res = runner.call(f"{spec.key}-run", runner.command("run", spec, sets), timeout=budget_end - time.monotonic())
+    record["commands"].append(
+        {"cmd": "run", "rc": res.rc, "seconds": round(res.seconds, 1), "log": str(res.log), **res.gpu}
+    )
+    if res.timed_out:
+        record.update(status="timeout", error=f"run: stopped after {res.seconds:.0f}s (budget)")
+        return False, runner.status(spec, sets)
+    if res.rc == 0:
+        return True, runner.status(spec, sets)
+    record["last_failure"] = f"`run` exit {res.rc}:\n{tail(res.log, 8)}"
+    if not runner.quiet:
+        print(tail(res.log), flush=True)
+    if cuda:
+        for s in runner.status(spec, sets).get("stages", []):
             if s["name"] not in spec.independent or s["status"] != "pending" or time.monotonic() > budget_end:
                 continue
             only = "--only", s["name"]
             r = runner.call(
                 f"{spec.key}-{s['name']}",
-                runner.command("run", spec, sets, *only, launcher=s["name"] in launchers),
+                runner.command("run", spec, sets, *only),
                 timeout=budget_end - time.monotonic(),
             )
             record["commands"].append({"cmd": " ".join(only), "rc": r.rc, "seconds": round(r.seconds, 1), **r.gpu})
-        break
-    return ok, runner.status(spec, sets)
+    return False, runner.status(spec, sets)
 
 
 def failed_stage(status: dict[str, Any]) -> tuple[str | None, str]:
@@ -652,13 +650,34 @@ def failed_stage(status: dict[str, Any]) -> tuple[str | None, str]:
     return None, ""
 
 
+def check_run_refusal(spec: Spec, ok: bool, status: dict[str, Any], record: dict[str, Any]) -> bool:
+    """Without CUDA the as-written recipe must stop at a GPU stage with that stage's refusal: recorded
+    (True), or the record marked failed with what happened instead (False)."""
+    name, error = failed_stage(status)
+    gpu = {g.name: g for g in spec.gpu_stages}
+    if not ok and name in gpu and re.search(gpu[name].refusal, error):
+        record["refusals"].append({"stage": name, "when": "run", "message": error[:400]})
+        return True
+    if ok:
+        why = "every stage ran"
+    elif name:
+        why = f"stage {name!r} failed with: {error[:600]}"
+    else:
+        why = f"no stage failed; {status.get('error', '')} {record.get('last_failure', '')}"[-1000:]
+    record.update(status="failed", error="expected a GPU-only stage to refuse on this machine without CUDA; " + why)
+    return False
+
+
 def check_recipe(spec: Spec, args: argparse.Namespace, runner: Runner, env: dict[str, Any]) -> dict[str, Any]:
     t0 = time.monotonic()
     budget = args.smoke_budget_s if args.smoke else spec.budget_s
     budget_end = min(t0 + budget, runner.deadline)
-    sets = (spec.smoke_set if args.smoke else []) + [
-        s.split(":", 1)[1] for s in args.set if s.startswith(spec.key + ":")
-    ]
+    cuda = bool(env["cuda"])
+    sets = (
+        (spec.smoke_set if args.smoke else [])
+        + ([] if cuda else spec.cpu_set)
+        + [s.split(":", 1)[1] for s in args.set if s.startswith(spec.key + ":")]
+    )
     record: dict[str, Any] = {
         "recipe": spec.key,
         "file": spec.file,
@@ -673,31 +692,13 @@ def check_recipe(spec: Spec, args: argparse.Namespace, runner: Runner, env: dict
         "commands": [],
     }
     print(f"[{spec.key}] {spec.file}: {spec.title} (budget {budget_end - t0:.0f}s)", flush=True)
-    cuda = bool(env["cuda"])
     if validate(runner, spec, sets, record) and (cuda or check_validate_refusals(runner, spec, sets, record)):
-        ok, status = run_steps(runner, spec, sets, record, cuda, budget_end, spec.launcher_stages)
-        if not cuda and spec.gpu_stages and record["status"] == "ok":
-            # the as-written recipe must stop at a GPU stage with that stage's refusal
-            name, error = failed_stage(status)
-            gpu = {g.name: g for g in spec.gpu_stages}
-            if ok or name not in gpu or not re.search(gpu[name].refusal, error):
-                if ok:
-                    why = "every stage ran"
-                elif name:
-                    why = f"stage {name!r} failed with: {error[:600]}"
-                else:
-                    why = f"no stage failed; {status.get('error', '')} {record.get('last_failure', '')}"[-1000:]
-                record.update(
-                    status="failed",
-                    error="expected a GPU-only stage to refuse on this machine without CUDA; " + why,
-                )
-            else:
-                record["refusals"].append({"stage": name, "when": "run", "message": error[:400]})
-                record["swapped"] = [s for g in spec.gpu_stages for s in g.swap]
-                sets = sets + record["swapped"]
-                plain = {g.name for g in spec.gpu_stages if not g.launcher_after_swap}
-                launchers = [s for s in spec.launcher_stages if s not in plain]
-                ok, status = run_steps(runner, spec, sets, record, cuda, budget_end, launchers)
+        ok, status = run_steps(runner, spec, sets, record, cuda, budget_end)
+        if not cuda and spec.gpu_stages and record["status"] == "ok" and check_run_refusal(spec, ok, status, record):
+            # refused as expected: the rest of the recipe with the GPU stages swapped for CPU ones
+            record["swapped"] = [s for g in spec.gpu_stages for s in g.swap]
+            sets = sets + record["swapped"]
+            ok, status = run_steps(runner, spec, sets, record, cuda, budget_end)
         not_done = [st["name"] for st in status.get("stages", []) if st["status"] != "done"]
         if record["status"] == "ok" and ok and not_done:
             # every command succeeded but `recipe status` does not see the results: the stages' fingerprints
@@ -711,12 +712,14 @@ def check_recipe(spec: Spec, args: argparse.Namespace, runner: Runner, env: dict
             name, error = failed_stage(status)
             error = f"stage {name!r}: {error[:1500]}" if name else record.get("last_failure", "recipe run failed")
             record.update(status="failed", error=error)
-        summarise(record, status, env)
+        summarise(record, status, env, runner.launches(spec, sets))
     record["seconds"] = round(time.monotonic() - t0, 1)
     return record
 
 
-def summarise(record: dict[str, Any], status: dict[str, Any], env: dict[str, Any]) -> None:
+def summarise(
+    record: dict[str, Any], status: dict[str, Any], env: dict[str, Any], launches: dict[str, dict[str, Any]]
+) -> None:
     run_dir = Path(status.get("run_dir", "."))
     record["run_dir"] = str(run_dir)
     attn: dict[str, str | None] = {}
@@ -725,7 +728,7 @@ def summarise(record: dict[str, Any], status: dict[str, Any], env: dict[str, Any
         for s in status.get("stages", [])
     }
     record["pretrain"] = [
-        pretrain_summary(s, run_dir, env.get("peak_bf16_tflops"), attn)
+        pretrain_summary(s, run_dir, env.get("peak_bf16_tflops"), attn, launches.get(s["name"]))
         for s in status.get("stages", [])
         if s["type"] == "pretrain" and s["status"] == "done"
     ]

@@ -90,6 +90,17 @@ class LaunchSpec(BaseModel):
         """More than one process, or a strategy that needs torch.distributed even in one (FSDP, DeepSpeed)."""
         return self.world_size() > 1 or self.strategy != "ddp"
 
+    def cannot_start(self) -> str | None:
+        """Why these processes cannot start on this machine (checked before any
+        rank is launched), or None.  DeepSpeed runs only on GPUs: on a machine
+        without one the Trainer's engine (accelerate) would train plain DDP."""
+        if self.strategy == "deepspeed" and visible_gpus() == 0:
+            return (
+                "strategy deepspeed needs GPUs and none is visible here (CUDA_VISIBLE_DEVICES, "
+                "/proc/driver/nvidia): use strategy: ddp or fsdp on CPU"
+            )
+        return None
+
     def strategy_config(self) -> dict[str, Any] | None:
         """The DeepSpeed / FSDP config the trainer gets (preset or raw), None for ddp."""
         if self.config is not None:

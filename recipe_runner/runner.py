@@ -468,6 +468,9 @@ class Runner:
         from .launcher import DistributedLaunch
 
         assert ctx.lineage is not None and item.fingerprint is not None
+        reason = spec.cannot_start()
+        if reason is not None:
+            raise StageError(reason)
         job = {
             "recipe_file": str(self.recipe.file.resolve()),
             "overrides": list(self.recipe.overrides),

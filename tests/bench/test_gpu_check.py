@@ -72,11 +72,54 @@ def test_gpu_recipes_are_valid_under_the_committed_schema():
 
 @pytest.mark.parametrize("key", ["a", "b", "c", "d"])
 def test_smoke_overrides_validate(key):
-    """What --smoke runs is the recipe file plus --set overrides, and that combination is valid too."""
+    """What --smoke runs is the recipe file plus --set overrides (those for a machine without CUDA, and
+    the CPU swap of its GPU stages), and each combination is valid too."""
     spec = bench_module("gpu_check").SPECS[key]
-    args = [a for s in spec.smoke_set for a in ("--set", s)]
-    proc = recipe_cli("validate", str(spec.path), *args)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    swap = [s for g in spec.gpu_stages for s in g.swap]
+    for sets in (spec.smoke_set, spec.smoke_set + spec.cpu_set, spec.smoke_set + spec.cpu_set + swap):
+        proc = recipe_cli("validate", str(spec.path), *[a for s in sets for a in ("--set", s)])
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_deepspeed_recipe_launches_its_stages_through_launch_blocks(tmp_path):
+    """Recipe (d) is one plain `recipe run`: its pretrain stages carry launch: blocks (ZeRO-2 with the
+    proof's own config, FSDP2 with the fsdp_full_shard preset) in vars.processes ranks, 1 by default,
+    and no raw deepspeed / fsdp stage parameters; gpu_check wraps nothing in torch.distributed.run."""
+    recipe = yaml.safe_load((ROOT / "recipes/gpu/deepspeed_zero2.yaml").read_text())
+    assert recipe["vars"]["processes"] == 1
+    stages = {s.get("name", s["type"]): s for s in recipe["stages"]}
+    for name in ("pretrain_zero2", "pretrain_fsdp"):
+        assert stages[name]["launch"]["processes"] == "${vars.processes}"
+        assert not {"deepspeed", "fsdp", "fsdp_config"} & set(stages[name]["params"])
+    zero2 = stages["pretrain_zero2"]["launch"]
+    assert zero2["strategy"] == "deepspeed" and "preset" not in zero2
+    assert zero2["config"]["zero_optimization"] == {
+        "stage": 2,
+        "overlap_comm": True,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": 5.0e7,
+        "allgather_bucket_size": 5.0e7,
+    }
+    assert "optimizer" not in zero2["config"]  # the Trainer's AdamW: no DeepSpeed op to compile
+    assert stages["pretrain_fsdp"]["launch"] == {
+        "processes": "${vars.processes}",
+        "strategy": "fsdp",
+        "preset": "fsdp_full_shard",
+    }
+    assert "torch.distributed.run" not in (BENCH / "gpu_check.py").read_text()
+
+    spec = bench_module("gpu_check").SPECS["d"]
+    assert spec.cpu_set == ["vars.processes=2"]
+    runner = bench_module("gpu_check").Runner(tmp_path, tmp_path, deadline=0.0, quiet=True)
+    assert runner.launches(spec, []) == {
+        "pretrain_zero2": {"strategy": "deepspeed", "preset": None, "processes": 1, "nodes": 1, "world_size": 1},
+        "pretrain_fsdp": {"strategy": "fsdp", "preset": "fsdp_full_shard", "processes": 1, "nodes": 1, "world_size": 1},
+    }
+    swapped = runner.launches(spec, spec.cpu_set + spec.gpu_stages[0].swap)
+    assert {n: (s["strategy"], s["world_size"]) for n, s in swapped.items()} == {
+        "pretrain_zero2": ("ddp", 2),
+        "pretrain_fsdp": ("fsdp", 2),
+    }
 
 
 @pytest.mark.parametrize(
@@ -241,6 +284,22 @@ def test_pretrain_summary_computes_tflops_and_mfu(tmp_path):
     assert out["attn_implementation"] == "sdpa"  # transformers' default for Llama: what the stage trains with
 
 
+def test_summary_line_says_how_each_pretrain_stage_was_launched():
+    gpu_check = bench_module("gpu_check")
+    metrics = {"world_size": 2, "strategy": "fsdp", "fsdp_parameters": 100, "fsdp_parameters_this_rank": 50}
+    launch = {"strategy": "fsdp", "preset": "fsdp_full_shard", "processes": 2, "nodes": 1, "world_size": 2}
+    p = {"stage": "pretrain_fsdp", **gpu_check.launch_facts(metrics, launch)}
+    assert p["launch"] == launch and p["strategy"] == "fsdp" and p["world_size"] == 2
+    assert (
+        gpu_check.fmt_pretrain(p)
+        == "pretrain_fsdp [fsdp_full_shard x 2 processes, rank 0 holds 50 of 100 values]: no metrics"
+    )
+    one = {"strategy": "deepspeed", "preset": None, "processes": 1, "nodes": 1, "world_size": 1}
+    p = {"stage": "pretrain_zero2", **gpu_check.launch_facts({"world_size": 1}, one)}
+    assert gpu_check.fmt_pretrain(p) == "pretrain_zero2 [deepspeed x 1 process]: no metrics"
+    assert gpu_check.fmt_pretrain({"stage": "pretrain", **gpu_check.launch_facts({}, None)}) == "pretrain: no metrics"
+
+
 def test_gpu_env_requirements_sets():
     gpu_env = bench_module("gpu_env")
 
@@ -317,6 +376,19 @@ def test_gpu_check_smoke(tmp_path):
         for name in expected["c"]:
             q = records["c"]["stages"][name]
             assert q["method"] in ("int8", "gguf") and "perplexity_delta" in q
-        assert "deepspeed" in records["d"]["refusals"][0]["message"].lower()
-    assert {p["stage"] for p in records["d"]["pretrain"]} == {"pretrain_zero2", "pretrain_fsdp"}
-    assert records["d"]["stages"]["eval_fsdp"]["perplexity"] > 0
+        assert "strategy deepspeed needs GPUs" in records["d"]["refusals"][0]["message"]
+
+    # (d): one `recipe run` that launched both pretrain stages itself; without CUDA in 2 gloo processes,
+    # the ZeRO-2 stage swapped for DDP and the FSDP stage really sharded (rank 0 holds half the values)
+    d = records["d"]
+    assert {c["cmd"] for c in d["commands"]} == {"run"} and len(d["commands"]) == (1 if cuda else 2)
+    pretrain = {p["stage"]: p for p in d["pretrain"]}
+    assert set(pretrain) == {"pretrain_zero2", "pretrain_fsdp"}
+    assert pretrain["pretrain_zero2"]["launch"]["strategy"] == ("deepspeed" if cuda else "ddp")
+    fsdp = pretrain["pretrain_fsdp"]
+    assert fsdp["launch"]["preset"] == "fsdp_full_shard"
+    if not cuda:
+        assert fsdp["world_size"] == pretrain["pretrain_zero2"]["world_size"] == 2
+        assert fsdp["strategy"] == "fsdp" and fsdp["fsdp_parameters_this_rank"] < fsdp["fsdp_parameters"]
+        assert "pretrain_fsdp [fsdp_full_shard x 2 processes, rank 0 holds " in lines["d"]
+    assert d["stages"]["eval_zero2"]["perplexity"] > 0 and d["stages"]["eval_fsdp"]["perplexity"] > 0

@@ -227,3 +227,14 @@ stages:
     acc.Reload()
     assert [(e.step, e.value) for e in acc.Scalars("sum")] == [(0, 3.0), (1, 3.0), (2, 3.0)]
     assert [e.value for e in acc.Scalars("final/world_size")] == [2.0]
+
+
+def test_deepspeed_without_a_gpu_is_refused_before_any_rank_starts(recipe_cli, write, tmp_path):
+    recipe = write(tmp_path / "r.yaml", RECIPE.format(processes=2, steps=3, sleep=0.0, extra="", launcher="torchrun"))
+    wd = tmp_path / "runs"
+    proc = recipe_cli(
+        "run", str(recipe), "--workdir", str(wd), "--set", "launch.strategy=deepspeed", env={"CUDA_VISIBLE_DEVICES": ""}
+    )
+    assert proc.returncode != 0
+    assert "stage 'allreduce' failed: strategy deepspeed needs GPUs and none is visible here" in proc.stderr
+    assert not list((wd / "ranks" / "logs").glob("allreduce.rank*.log"))  # no rank was started
