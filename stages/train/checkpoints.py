@@ -158,11 +158,17 @@ def train_from_last_checkpoint(
 ) -> Any:
     """``trainer.train()``, resumed from the newest checkpoint when there is
     one; on a fresh start ``measure_before`` (held-out numbers of the
-    untrained model) runs first and its metrics are kept.  Adds train_loss and
+    untrained model) runs first (under FSDP: when training starts, see
+    stages/train/fsdp_model.py) and its metrics are kept.  Adds train_loss and
     train_steps to the stage's metrics and returns the TrainOutput."""
+    from .fsdp_model import fsdp_enabled, measure_when_training_starts
+
     resume = last_checkpoint(ctx)
     if measure_before is not None and resume is None:
-        ctx.metrics.update(measure_before())
+        if fsdp_enabled(trainer):
+            measure_when_training_starts(ctx, trainer, measure_before)
+        else:
+            ctx.metrics.update(measure_before())
     result = trainer.train(resume_from_checkpoint=resume)
     ctx.metrics.update(train_loss=float(result.training_loss), train_steps=int(result.global_step))
     return result

@@ -1,4 +1,4 @@
-"""FSDP2 on CPU (gloo) for the pretrain stage.
+"""FSDP2 on CPU (gloo) for the Trainer-backed stages (pretrain, sft, reward, dpo).
 
 torch shards a model with ``fully_shard`` on CPU as on GPUs, but accelerate
 1.15 (the Trainer's engine) switches its shared ``AcceleratorState`` to
@@ -10,14 +10,15 @@ is configured before the Trainer exists, as accelerate configures it on GPUs
 to use it (``accelerator_config.use_configured_state``).  From there the
 Trainer's and accelerate's own FSDP2 code runs: ``fully_shard`` per decoder
 layer, sharded optimizer states, FSDP checkpoints and the full state dict
-gathered for the saved model.
+gathered for the saved model.  What the stages do differently under FSDP (on
+CPU and GPUs alike: evaluation before training, the gathered save) is in
+stages/train/fsdp_model.py.
 
 The first forward pass of the sharded model records what this rank holds
 (the stage's metrics and log), so the sharding is observable, not assumed.
 
-Refused, with the reason: the other Trainer-backed stages (sft, reward, dpo
-evaluate and save the model outside the training loop), CPU offload, one
-process, FSDP1, and SHARDED_STATE_DICT (no weights in the saved model)."""
+Refused, with the reason: CPU offload, one process, FSDP1, and
+SHARDED_STATE_DICT (no weights in the saved model)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,6 @@ def configure_fsdp_on_cpu(kw: dict[str, Any], ctx: StageContext[Any]) -> dict[st
     from accelerate.utils import DistributedType
     from transformers import TrainingArguments
 
-    _refuse_other_stages(ctx)
     args = TrainingArguments(**kw)  # the Trainer's reading of the FSDP config and precision
     _refuse_what_cpu_cannot_run(args.fsdp_plugin_args or {})
     _ = args.device  # sets up torch.distributed (gloo) and accelerate's PartialState, as the Trainer would
@@ -55,20 +55,6 @@ def configure_fsdp_on_cpu(kw: dict[str, Any], ctx: StageContext[Any]) -> dict[st
     return {"accelerator_config": {"use_configured_state": True}}
 
 
-def _refuse_other_stages(ctx: StageContext[Any]) -> None:
-    """Only pretrain: sft, reward and dpo run the model outside the Trainer's
-    training loop, which FSDP2 does not allow (tested here, 2 CPU ranks)."""
-    from .pretrain.params import PretrainParams
-
-    if not isinstance(ctx.params, PretrainParams):
-        raise StageError(
-            f"strategy fsdp on CPU runs the pretrain stage only: {ctx.name} saves its model from each rank's "
-            "in-memory copy, which FSDP2 holds sharded (safetensors cannot write the shards), and evaluates it "
-            "before training, where accelerate cannot prepare it (FSDP2 prepares a model only together with its "
-            "optimizer); use strategy: ddp for it"
-        )
-
-
 def _refuse_what_cpu_cannot_run(plugin_args: dict[str, Any]) -> None:
     if int(plugin_args.get("fsdp_version", 2)) != 2:
         raise StageError(
@@ -83,7 +69,7 @@ def _refuse_what_cpu_cannot_run(plugin_args: dict[str, Any]) -> None:
         )
     if "SHARDED" in str(plugin_args.get("state_dict_type", "FULL_STATE_DICT")):
         raise StageError(
-            "fsdp state_dict_type SHARDED_STATE_DICT: the Trainer's save_model then writes no weights, and pretrain "
+            "fsdp state_dict_type SHARDED_STATE_DICT: the Trainer's save_model then writes no weights, and the stage "
             "would commit a model without them; use FULL_STATE_DICT (the presets' setting)"
         )
 

@@ -5,6 +5,7 @@ held-out pairs before and after training."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
@@ -74,7 +75,7 @@ class DPOStage(DataParallelTrainerStage, PreferenceStage[DPOParams]):
         train_ds, eval_ds = start.train_pairs, start.held_out_pairs
         trainer, cb = _dpo_trainer(ctx, start.base, start.tokenizer, train_ds, eval_ds)
         _train_and_measure(ctx, trainer, cb.history, len(train_ds), len(eval_ds) if eval_ds is not None else 0)
-        return {"model": _save_policy(ctx, trainer.model, start.tokenizer, start.base, cb.history)}
+        return {"model": _save_policy(ctx, trainer, start.tokenizer, start.base, cb.history)}
 
 
 def _dpo_trainer(ctx: StageContext[DPOParams], base: str, tok: Any, train_ds: Any, eval_ds: Any) -> Any:
@@ -163,22 +164,56 @@ def _held_out_rewards(trainer: Any, prefix: str) -> dict[str, float]:
 
 
 def _save_policy(
-    ctx: StageContext[DPOParams], model: Any, tok: Any, base: str, history: list[dict[str, Any]]
+    ctx: StageContext[DPOParams], trainer: Any, tok: Any, base: str, history: list[dict[str, Any]]
 ) -> Artifact:
     """The trained policy as a model directory (a LoRA adapter merged into it,
-    float32 on a CPU) with its loss curve."""
+    float32 on a CPU) with its loss curve; under FSDP the weights are
+    gathered from the shards (stages/train/fsdp_model.py)."""
     import torch
 
     from ...common.devices import resolve_device
     from ...common.models import save_model_artifact
+    from ..fsdp_model import fsdp_enabled
     from ..trainer_progress import save_loss_curve
 
-    p = ctx.params
+    p, model = ctx.params, trainer.model
+    meta = {"base_model": base, "method": "dpo", "beta": p.beta, "loss_type": p.loss_type}
+    out = ctx.output_path("model")
+    if fsdp_enabled(trainer):
+        art = _save_gathered_policy(ctx, trainer, tok, out, meta)
+        save_loss_curve(history, out / "loss.png", title="dpo")
+        return art
     if p.lora is not None:
         model = model.merge_and_unload()
     if model.dtype != torch.float32 and resolve_device(p.device) == "cpu":
         model = model.to(torch.float32)
-    out = ctx.output_path("model")
-    art = save_model_artifact(model, tok, out, base_model=base, method="dpo", beta=p.beta, loss_type=p.loss_type)
+    art = save_model_artifact(model, tok, out, **meta)
     save_loss_curve(history, out / "loss.png", title="dpo")
     return art
+
+
+def _save_gathered_policy(
+    ctx: StageContext[DPOParams], trainer: Any, tok: Any, out: Path, meta: dict[str, Any]
+) -> Artifact:
+    """Under FSDP: the policy gathered from the shards into ``out`` (rank 0
+    writes); a LoRA adapter is gathered into a temporary directory and rank 0
+    merges it into a float32 copy of the base (the sharded model cannot merge
+    in place)."""
+    import tempfile
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from ...common.models import model_meta, save_model_artifact
+    from ..fsdp_model import save_gathered_model
+
+    if ctx.params.lora is None:
+        save_gathered_model(ctx, trainer, out)
+        return Artifact(kind=MODEL, path=out, meta={**model_meta(trainer.model, tok), **meta})
+    with tempfile.TemporaryDirectory(prefix="dpo-adapter-") as adapter_dir:
+        if not save_gathered_model(ctx, trainer, Path(adapter_dir)):
+            return Artifact(kind=MODEL, path=out, meta=meta)  # not rank 0: the runner commits rank 0's output
+        base_model = AutoModelForCausalLM.from_pretrained(meta["base_model"], dtype=torch.float32)
+        merged = PeftModel.from_pretrained(base_model, adapter_dir).merge_and_unload()
+    return save_model_artifact(merged, tok, out, **meta)

@@ -15,8 +15,12 @@ from .params import PretrainParams
 
 
 def is_distributed(ctx: StageContext[PretrainParams], trainer: Any) -> bool:
+    """Whether the weights are saved through the trainer (gathered from the
+    ranks): more than one process, or a DeepSpeed / FSDP engine, from the raw
+    parameters or the launch block, even in one process."""
     p = ctx.params
-    return bool(trainer.args.world_size > 1 or p.deepspeed is not None or p.fsdp)
+    engine = bool(getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False))
+    return bool(trainer.args.world_size > 1 or p.deepspeed is not None or p.fsdp or engine)
 
 
 def save_trained_model(
@@ -29,12 +33,14 @@ def save_trained_model(
 ) -> Path:
     """The model directory of the output ``model`` (see the module docstring)."""
     from ...common.models import match_umask
+    from ..fsdp_model import facts_after_headline_metrics
     from ..trainer_progress import save_loss_curve
 
     out = ctx.output_path("model")
     distributed = is_distributed(ctx, trainer)
     if distributed:
         trainer.save_model(str(out))
+    facts_after_headline_metrics(ctx)
     if not trainer.is_world_process_zero():
         return out
     model.config.use_cache = True

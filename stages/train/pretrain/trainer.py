@@ -115,9 +115,12 @@ def train_or_take_checkpoint(ctx: StageContext[PretrainParams], trainer: Any, re
     """Train (resuming from the checkpoint), or take a finished checkpoint as it is."""
     t0, c0 = time.perf_counter(), time.process_time()
     if resume.finished:
+        from ..fsdp_model import prepare_to_evaluate_untrained
+
         ctx.log.info(
             "checkpoint %s already reached max_steps (%d): no further training", resume.checkpoint, ctx.params.max_steps
         )
+        prepare_to_evaluate_untrained(trainer)  # under FSDP: for the final validation and the gathered save
         history = list(resume.state.get("log_history", []))
         logged = [h["loss"] for h in history if "loss" in h]
         train_loss, runtime, global_step = (float(logged[-1]) if logged else None), 0.0, resume.step

@@ -45,8 +45,7 @@ class RewardStage(DataParallelTrainerStage, PreferenceStage[RewardParams]):
         trainer, cb = _reward_trainer(ctx, model, tok, start.train_pairs, start.held_out_pairs)
         kept_held_out = _count_kept_pairs(ctx, trainer, start.train_pairs, start.held_out_pairs)
         _train_and_measure(ctx, trainer, tok, trainer.eval_dataset if kept_held_out else None, cb.history)
-        max_length = trainer.args.max_length
-        return {"reward_model": _save_reward_model(ctx, trainer.model, tok, start.base, max_length, cb.history)}
+        return {"reward_model": _save_reward_model(ctx, trainer, tok, start.base, cb.history)}
 
 
 def _reward_trainer(ctx: StageContext[RewardParams], model: Any, tok: Any, train_ds: Any, eval_ds: Any) -> Any:
@@ -124,20 +123,27 @@ def _train_and_measure(
 
 
 def _save_reward_model(
-    ctx: StageContext[RewardParams], model: Any, tok: Any, base: str, max_length: int, history: list[dict[str, Any]]
+    ctx: StageContext[RewardParams], trainer: Any, tok: Any, base: str, history: list[dict[str, Any]]
 ) -> Artifact:
-    """The reward model directory (with the pad token it pools on), its loss curve and its artifact."""
+    """The reward model directory (with the pad token it pools on), its loss
+    curve and its artifact; under FSDP the weights are gathered from the
+    shards (stages/train/fsdp_model.py)."""
     from ...common.models import count_parameters, save_model_dir
+    from ..fsdp_model import fsdp_enabled, save_gathered_model
     from ..trainer_progress import save_loss_curve
 
+    model = trainer.model
     out = ctx.output_path("reward_model")
     model.config.pad_token_id = tok.pad_token_id
-    save_model_dir(model, tok, out)
+    if fsdp_enabled(trainer):
+        save_gathered_model(ctx, trainer, out)
+    else:
+        save_model_dir(model, tok, out)
     save_loss_curve(history, out / "loss.png", title="reward model")
     meta: dict[str, Any] = {
         "base_model": base,
         "num_parameters": int(count_parameters(model)),
-        "max_length": max_length,
+        "max_length": trainer.args.max_length,
     }
     if "eval_accuracy" in ctx.metrics:
         meta["eval_accuracy"] = ctx.metrics["eval_accuracy"]

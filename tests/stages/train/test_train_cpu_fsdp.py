@@ -1,7 +1,8 @@
 """FSDP on CPU: the checkpoint layouts accelerate's FSDP writes count as
 complete resume points; what cannot run on CPU (ZeRO, FSDP's CPU offload, FSDP
-in one process) is refused with the reason.  The FSDP training itself runs in
-tests/engine/test_launch_training.py (2 processes through `recipe run`)."""
+in one process) is refused with the reason.  The FSDP training itself (pretrain,
+sft, reward, dpo) runs in tests/engine/test_launch_training.py (2 processes
+through `recipe run`)."""
 
 from __future__ import annotations
 
@@ -121,23 +122,19 @@ def fresh_accelerate_state() -> Iterator[None]:
         ),
         ({"processes": 1, "strategy": "fsdp"}, "FSDP on CPU needs at least 2 processes"),
         ({"processes": 2, "strategy": "fsdp", "config": {"version": 1}}, "FSDP on CPU runs FSDP2 only"),
-        ({"processes": 2, "strategy": "fsdp"}, "strategy fsdp on CPU runs the pretrain stage only: stage saves"),
         (
             {"processes": 2, "strategy": "fsdp", "config": {"state_dict_type": "SHARDED_STATE_DICT"}},
             "SHARDED_STATE_DICT: the Trainer's save_model then writes no weights",
         ),
     ],
-    ids=["offload", "one-process", "fsdp1", "not-pretrain", "sharded-save"],
+    ids=["offload", "one-process", "fsdp1", "sharded-save"],
 )
 def test_what_fsdp_cannot_do_on_cpu_is_refused_with_the_reason(
     make_context: MakeContext, fresh_accelerate_state: None, launch: dict[str, Any], reason: str
 ) -> None:
-    """Here, in one process without torchrun, accelerate's state is not distributed: the one-process case;
-    sft / reward / dpo (any other params than pretrain's) are refused on CPU."""
-    from recipe_runner_stages.train.pretrain.params import PretrainParams
-
-    params = TrainingParams(device="cpu") if "pretrain stage only" in reason else PretrainParams(device="cpu")
-    ctx = make_context(params)
+    """Here, in one process without torchrun, accelerate's state is not distributed: the one-process case.
+    The refusals hold for every Trainer-backed stage (their common TrainingParams)."""
+    ctx = make_context(TrainingParams(device="cpu"))
     ctx.launch = LaunchSpec.model_validate(launch)
     with pytest.raises(StageError, match=reason):
         training_arguments_kwargs(ctx.params, ctx, has_eval=False)
