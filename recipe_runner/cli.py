@@ -142,6 +142,8 @@ def run(
     console.stdout.print(summary_table(result.manifest, f"recipe {r.name}"))
     typer.echo(f"run directory: {runner.store.root}\nmanifest: {runner.store.manifest_path}")
     typer.echo(f"runner overhead: {result.runner_seconds:.2f}s (time outside the stages' own work)")
+    if result.pushed and runner.shared_cache is not None:
+        typer.echo(f"pushed to the shared cache {runner.shared_cache.url}: {', '.join(result.pushed)}")
     if not result.ok:
         typer.echo(f"stage '{result.failed_stage}' failed: {result.error}", err=True)
         log_file = runner.store.logs_dir / f"{result.failed_stage}.log"

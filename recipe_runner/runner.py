@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ class RunResult:
     error: str | None = None
     runner_seconds: float = 0.0
     stage_seconds: float = 0.0
+    pushed: list[str] = field(default_factory=list)  # stages pushed to the shared cache
 
 
 def package_versions() -> dict[str, str]:
@@ -176,7 +177,8 @@ class Runner:
                 result.ok, result.failed_stage, result.error = False, item.stage.name, entry.get("error")
                 return
             keys.learn(item.stage.name, self.store.committed(item.stage.name, item.fingerprint or ""))
-            self._push(item)
+            if self._push(item):
+                result.pushed.append(item.stage.name)
 
     def _rekey(self, item: PlanItem, keys: Keys, entry: dict[str, Any], forced: bool) -> None:
         """The stage's key now that its inputs exist; a committed (or shared)
@@ -201,17 +203,17 @@ class Runner:
             return False
         return self.shared_cache.pull(self.store, item.stage.name, item.fingerprint)
 
-    def _push(self, item: PlanItem) -> None:
+    def _push(self, item: PlanItem) -> bool:
         if self.shared_cache is None or item.fingerprint is None or self.store.rank:
-            return
+            return False
         if item.continued_from:
             log.info(
                 "stage %s: not pushed to the shared cache: it continued from another process count's "
                 "checkpoints (elastic), so a fresh run under its key would give other bytes",
                 item.stage.name,
             )
-            return
-        self.shared_cache.push(self.store, item.stage.name, item.fingerprint)
+            return False
+        return self.shared_cache.push(self.store, item.stage.name, item.fingerprint)
 
     def _note_checkpoint_key(self, item: PlanItem, ckpt: Path, elastic: bool) -> None:
         """Record the key of the stage's checkpoint dir; with ``launch.elastic``,
@@ -309,9 +311,9 @@ class Runner:
         from .digests import stat_signature, walk_files
 
         out = {}
-        for field, path in item.stage.stage_cls.local_inputs(item.stage.params).items():
+        for name, path in item.stage.stage_cls.local_inputs(item.stage.params).items():
             p = Path(path)
-            out[field] = [stat_signature(f) for f in walk_files(p)] if p.exists() else []
+            out[name] = [stat_signature(f) for f in walk_files(p)] if p.exists() else []
         return out
 
     def _run_stage(
@@ -349,7 +351,7 @@ class Runner:
                 return False, seconds
             finally:
                 if ctx.tracker is not None:
-                    ctx.tracker.finish(_jsonable(ctx.metrics))
+                    ctx.tracker.finish(_jsonable(ctx.metrics), failed=entry["status"] in ("failed", "interrupted"))
         self.store.write_manifest(manifest)
         return True, time.perf_counter() - t
 

@@ -122,20 +122,21 @@ class SharedCache:
                 log.warning("shared cache %s: entry %s is corrupt, not used: %s", self.url, key[:12], problems[0])
                 return False
             store.adopt(stage, key, local)
-            log.info("stage %s: pulled from the shared cache %s (%s, verified)", stage, self.url, key[:12])
+            log.debug("stage %s: pulled from the shared cache %s (%s, verified)", stage, self.url, key[:12])
             return True
         finally:
             shutil.rmtree(local, ignore_errors=True)
 
-    def push(self, store: RunStore, stage: str, key: str) -> None:
+    def push(self, store: RunStore, stage: str, key: str) -> bool:
         """Upload a committed output under a fresh upload id, then publish the
         marker naming it (written aside, then moved into place, so a reader
         never sees half a marker); a concurrent push of the same key wins or
         loses the marker whole, and either names a complete upload.  An entry
-        a pull found corrupt is replaced the same way, its upload then removed."""
+        a pull found corrupt is replaced the same way, its upload then removed.
+        False when the cache already had the key."""
         replaced = self.marker(key) if key in self.corrupt else None
         if replaced is None and self.has(key):
-            return
+            return False
         src = store.committed_dir(stage, key)
         upload = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
         self.fs.put(str(src) + "/", f"{self.root}/{key}/{upload}/", recursive=True)
@@ -155,7 +156,8 @@ class SharedCache:
             self.corrupt.discard(key)
             self.fs.rm(self._upload(key, replaced), recursive=True)
             log.info("shared cache %s: the corrupt entry %s was replaced", self.url, key[:12])
-        log.info("stage %s: pushed to the shared cache %s (%s)", stage, self.url, key[:12])
+        log.debug("stage %s: pushed to the shared cache %s (%s)", stage, self.url, key[:12])
+        return True
 
     def entries(self) -> list[dict[str, Any]]:
         """Every complete entry: key, stage, type, bytes, pushed (epoch seconds)."""

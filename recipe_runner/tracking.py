@@ -15,6 +15,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,11 +49,19 @@ def missing_package(spec: TrackingSpec) -> str | None:
 
 
 def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numbers among the metrics, nested ones as ``outer.inner``."""
     return {
         k: float(v)
-        for k, v in metrics.items()
+        for k, v in _flat(metrics).items()
         if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
     }
+
+
+def _mlflow_key(key: str) -> str:
+    """A metric name mlflow takes: it refuses characters beyond ``[/\\w.\\- ]`` (a source named
+    ``wiki (en)`` gives ``documents.wiki (en)``) and names that are not normal paths."""
+    parts = [p for p in re.sub(r"[^/\w.\- ]", "_", key).split("/") if p not in ("", ".", "..")]
+    return "/".join(parts) or "_"
 
 
 @dataclass(frozen=True)
@@ -65,13 +74,16 @@ class RunRequest:
 
 
 class StageTracker:
-    """One stage's tracker run."""
+    """One stage's tracker run.  ``log`` hands a point to the tracker before it
+    returns, written where a SIGKILL of the process keeps it (wandb: within
+    its ``WANDB_FLUSH_S`` window), so a stage that tracks a step before
+    committing it delivers every step at least once across a kill and resume."""
 
     run_id: str
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None: ...
 
-    def finish(self, metrics: Mapping[str, Any]) -> None: ...
+    def finish(self, metrics: Mapping[str, Any], failed: bool = False) -> None: ...
 
 
 class Tracking:
@@ -82,16 +94,29 @@ class Tracking:
         self.project = spec.project or recipe
         self.dir = Path(spec.dir) if spec.dir and spec.backend != "mlflow" else run_root / "tracking"
         self.group = f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+        self.where = [spec.backend, self.project, spec.dir or str(self.dir)]  # a saved run id means something here
+        self.opened = False
 
     def open(self, stage: str, stage_type: str, checkpoint_dir: Path, config: Mapping[str, Any]) -> StageTracker:
         """The stage's run: a new one, or the one its checkpoint dir names (resume)."""
         saved = checkpoint_dir / "tracker.json"
         state = json.loads(saved.read_text()) if saved.is_file() else {}
+        if state.get("where", self.where) != self.where or state.get("backend") != self.spec.backend:
+            state = {}  # another tracker (or another store) since: a new run there
+        if "group" in state and not self.opened:
+            self.group = state["group"]  # a killed recipe run run again goes on in its group
+        self.opened = True
         group = state.get("group", self.group)
         opener = {"wandb": _WandbRun, "mlflow": _MlflowRun, "tensorboard": _TensorBoardRun}[self.spec.backend]
         run = opener(self, RunRequest(stage, stage_type, group, state.get("run_id"), dict(config)))
-        saved.write_text(json.dumps({"group": group, "run_id": run.run_id, "backend": self.spec.backend}))
+        record = {"group": group, "run_id": run.run_id, "backend": self.spec.backend, "where": self.where}
+        saved.write_text(json.dumps(record))
         return run
+
+
+#: seconds between wandb-core's writes of the offline run file (its default, 15 s,
+#: loses the last 15 s of points to a SIGKILL)
+WANDB_FLUSH_S = 0.1
 
 
 class _WandbRun(StageTracker):
@@ -99,6 +124,9 @@ class _WandbRun(StageTracker):
         import wandb
 
         t.dir.mkdir(parents=True, exist_ok=True)
+        settings = wandb.Settings()
+        if "x_transaction_log_flush_interval" in wandb.Settings.model_fields:  # wandb >= 0.2x
+            settings.x_transaction_log_flush_interval = WANDB_FLUSH_S
         self.run = wandb.init(
             project=t.project,
             group=r.group,
@@ -110,15 +138,21 @@ class _WandbRun(StageTracker):
             dir=str(t.dir),
             config=r.config,
             reinit="create_new",
+            settings=settings,
         )
         self.run_id = self.run.id
+        # each point is its own history row, plotted against the stage's step: a row for a step is
+        # written at once (wandb keeps a row open until a later step comes, and a kill loses it), and
+        # a resumed run may log steps again (wandb drops a step below its last one)
+        self.run.define_metric("step")
+        self.run.define_metric("*", step_metric="step")
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
-        self.run.log(_numeric(metrics), step=step)
+        self.run.log({**_numeric(metrics), "step": step})
 
-    def finish(self, metrics: Mapping[str, Any]) -> None:
+    def finish(self, metrics: Mapping[str, Any], failed: bool = False) -> None:
         self.run.summary.update(_numeric(metrics))
-        self.run.finish()
+        self.run.finish(exit_code=1 if failed else 0)
 
 
 class _MlflowRun(StageTracker):
@@ -126,7 +160,7 @@ class _MlflowRun(StageTracker):
         from mlflow.tracking import MlflowClient
 
         uri = t.spec.dir or (t.dir / "mlruns").resolve().as_uri()
-        if uri.startswith("file:"):  # the offline store: still supported, now opt-in in mlflow
+        if uri.startswith("file:") or "://" not in uri:  # the offline store: still supported, now opt-in
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = MlflowClient(tracking_uri=uri)
         experiment = self.client.get_experiment_by_name(t.project)
@@ -137,34 +171,54 @@ class _MlflowRun(StageTracker):
             run_id = self.client.create_run(exp_id, tags=tags).info.run_id
             for k, v in list(_flat(r.config).items())[:100]:
                 self.client.log_param(run_id, k, str(v)[:500])
+        else:  # killed (still RUNNING) or failed: running again
+            self.client.update_run(run_id, status="RUNNING")
         self.run_id = run_id
+        self.resumed = r.run_id is not None
+        self._stored: dict[str, set[int]] = {}  # resumed: steps of each metric the run holds already
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
-        for k, v in _numeric(metrics).items():
-            self.client.log_metric(self.run_id, k, v, step=step)
+        for name, v in _numeric(metrics).items():
+            k = _mlflow_key(name)
+            if self.resumed and k not in self._stored:
+                self._stored[k] = {m.step for m in self.client.get_metric_history(self.run_id, k)}
+            if step not in self._stored.get(k, ()):  # a step logged again after a resume is kept once
+                self.client.log_metric(self.run_id, k, v, step=step)
 
-    def finish(self, metrics: Mapping[str, Any]) -> None:
+    def finish(self, metrics: Mapping[str, Any], failed: bool = False) -> None:
         for k, v in _numeric(metrics).items():
-            self.client.log_metric(self.run_id, f"final/{k}", v)
-        self.client.set_terminated(self.run_id)
+            self.client.log_metric(self.run_id, _mlflow_key(f"final/{k}"), v)
+        self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
 
 
 class _TensorBoardRun(StageTracker):
     def __init__(self, t: Tracking, r: RunRequest):
+        self.run_id = r.run_id or f"{r.group}/{r.stage}"
+        self.log_dir = t.dir / "tensorboard" / self.run_id
+        self.writer: Any = None
+        if r.run_id is None:
+            self._open(None).add_text("params", "```\n" + json.dumps(r.config, indent=1, default=str) + "\n```")
+
+    def _open(self, purge_step: int | None) -> Any:
+        """The event file, opened at the first point: a resumed run's file starts with a restart
+        marker at that step, so TensorBoard drops the steps the killed run logged from it on."""
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run_id = r.run_id or f"{r.group}/{r.stage}"
-        self.writer = SummaryWriter(log_dir=str(t.dir / "tensorboard" / self.run_id))
-        self.writer.add_text("params", "```\n" + json.dumps(r.config, indent=1, default=str) + "\n```")
+        if self.writer is None:
+            self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge_step)
+        return self.writer
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        writer = self._open(step)
         for k, v in _numeric(metrics).items():
-            self.writer.add_scalar(k, v, step)
+            writer.add_scalar(k, v, step)
+        writer.flush()  # the writer's queue otherwise holds points for up to 2 minutes
 
-    def finish(self, metrics: Mapping[str, Any]) -> None:
+    def finish(self, metrics: Mapping[str, Any], failed: bool = False) -> None:
+        writer = self._open(None)
         for k, v in _numeric(metrics).items():
-            self.writer.add_scalar(f"final/{k}", v, 0)
-        self.writer.close()
+            writer.add_scalar(f"final/{k}", v, 0)
+        writer.close()
 
 
 def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -45,6 +45,17 @@ def stop_at_non_finite_weights(stage: str, step: int, params: Iterable[Any]) -> 
         )
 
 
+def resend_checkpointed_points(ctx: StageContext[Any], log_history: list[dict[str, Any]]) -> None:
+    """Send the points a resumed checkpoint logged to the experiment tracker
+    again: a killed process may not have handed the last of them over (a
+    tracker buffers), so each step reaches the tracker at least once; the
+    trackers keep a step sent twice once where they can (mlflow, tensorboard)."""
+    for entry in log_history:
+        values = {k: v for k, v in entry.items() if k != "step" and isinstance(v, (int, float))}
+        if "step" in entry and values:
+            ctx.track(int(entry["step"]), values)
+
+
 def progress_callback(ctx: StageContext[Any], description: str) -> Any:
     """A TrainerCallback that drives the runner's progress display, keeps the
     log history (loss, eval loss, learning rate) for the stage's metrics,
@@ -63,6 +74,8 @@ def progress_callback(ctx: StageContext[Any], description: str) -> Any:
             self._cm = ctx.progress(description, total=state.max_steps)
             self._bar = self._cm.__enter__()
             self._bar.update(state.global_step)
+            if state.global_step:  # resumed: the checkpoint's points again, for a tracker that lost them
+                resend_checkpointed_points(ctx, state.log_history)
 
         def on_step_end(self, args, state, control, model=None, **kw):
             if self._bar is not None:

@@ -49,7 +49,13 @@ def test_recipes_validate_with_the_course_wiring():
     assert "model" not in vs["scratch_init"].bindings or vs["scratch_init"].bindings["model"] is None
 
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "COLUMNS": "80",
+}
 
 
 def _run_cmd(workdir: Path) -> list[str]:
@@ -93,9 +99,14 @@ def _run_killed_in_stage_then_resume(workdir: Path, stage_log: str, marker: str)
 
 @pytest.mark.slow
 def test_tinysolar_upscale_runs_end_to_end_and_reproducibly(tmp_path):
-    first = tmp_path / "first"
-    proc = subprocess.run(_run_cmd(first), env=ENV, capture_output=True, text=True, timeout=900)
+    first, cache = tmp_path / "first", tmp_path / "team-cache"
+    t = time.perf_counter()
+    proc = subprocess.run(
+        [*_run_cmd(first), "--cache", str(cache)], env=ENV, capture_output=True, text=True, timeout=900
+    )
+    first_seconds = time.perf_counter() - t
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _check_the_console_is_quiet(proc.stdout + proc.stderr)
     by_name = _manifest_stages(first)
     assert all(s["status"] == "done" for s in by_name.values())
     assert by_name["upscale"]["metrics"]["num_layers"] == 16
@@ -105,6 +116,12 @@ def test_tinysolar_upscale_runs_end_to_end_and_reproducibly(tmp_path):
     assert 0 <= ev["truthfulqa_mc2_local/acc"] <= 1 and ev["perplexity"] > 1
     export = Path(by_name["export"]["artifact"])
     assert (export / "README.md").is_file() and (export / "model.safetensors").is_file()
+
+    samples = (export / "README.md").read_text()
+    assert "Sample generations" in samples and "I am an engineer. I love" in samples  # the eval samples, in the card
+
+    _a_second_team_runs_no_stage(tmp_path, cache, first_seconds)
+    _a_cached_rerun_costs_under_a_second_and_verifies(first)
 
     # the same recipe again, killed after its continued pretraining saved a checkpoint (step 50 of 100)
     # and resumed: the exported weights are identical to the bit
@@ -139,3 +156,57 @@ def test_tinysolar_upscale_runs_end_to_end_and_reproducibly(tmp_path):
         "pretrain_upscaled": 2,
     }
     assert stages["tokenize"]["cached"] and stages["base_init"]["cached"]
+
+
+def _check_the_console_is_quiet(output: str) -> None:
+    """The default recipe's non-TTY console: at most 80 lines, the summary table within 80 columns."""
+    lines = output.splitlines()
+    assert len(lines) <= 80, f"{len(lines)} console lines:\n" + output
+    table = [line for line in lines if line.startswith(("┃", "│", "┏", "┡", "└", "|"))]
+    assert table and max(len(line) for line in table) <= 80, "\n".join(table)
+
+
+def _a_second_team_runs_no_stage(tmp_path: Path, cache: Path, first_seconds: float) -> None:
+    """Another checkout of the recipes (another path), another work dir, other run settings, the
+    shared cache: every stage is pulled, none runs, in under 5% of the first run's time."""
+    import shutil
+
+    elsewhere = tmp_path / "elsewhere" / "recipes"
+    shutil.copytree(RECIPES, elsewhere)
+    cmd = [
+        sys.executable,
+        "-m",
+        "recipe_runner.cli",
+        "run",
+        str(elsewhere / "tinysolar_upscale.yaml"),
+        "--workdir",
+        str(tmp_path / "team-b"),
+        "--cache",
+        str(cache),
+        "--set",
+        "defaults.cpu_threads=2",
+        "--set",
+        "stages.filter.params.num_proc=1",
+    ]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    seconds = time.perf_counter() - t
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert "running [" not in output and output.count("cached [pulled from the shared cache]") == 13, output
+    assert seconds < 0.05 * first_seconds, (seconds, first_seconds)
+
+
+def _a_cached_rerun_costs_under_a_second_and_verifies(workdir: Path) -> None:
+    proc = subprocess.run(_run_cmd(workdir), env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    overhead = float((proc.stdout + proc.stderr).split("runner overhead: ")[1].split("s")[0])
+    assert overhead < 1.0
+    verify = subprocess.run(
+        [*_run_cmd(workdir)[:3], "verify", str(RECIPES / "tinysolar_upscale.yaml"), "--workdir", str(workdir)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -149,7 +149,7 @@ def _train(ctx: StageContext[PPOParams], run: _PPORun) -> float:
     """The PPO iterations from where the run stands to ``steps``, the
     held-out reward measured first (unless the checkpoint has it), a
     checkpoint every ``save_steps``.  Returns the held-out reward before PPO."""
-    from ..trainer_progress import stop_at_non_finite, stop_at_non_finite_weights
+    from ..trainer_progress import resend_checkpointed_points, stop_at_non_finite, stop_at_non_finite_weights
     from .engine import mean_reward
     from .report import log_iteration
     from .rollouts import PromptOrder
@@ -163,6 +163,8 @@ def _train(ctx: StageContext[PPOParams], run: _PPORun) -> float:
         ctx.log.info("mean reward on %d held-out prompts before PPO: %.4f", len(run.eval_queries), before)
     order = PromptOrder(run.train_queries, p.batch_size, ctx.seed)
     start = progress.step
+    if start:  # resumed: the checkpoint's points again, for a tracker that lost them in the kill
+        resend_checkpointed_points(ctx, progress.history)
     with ctx.progress("ppo", total=p.steps) as bar:
         bar.update(start)
         for step in range(start, p.steps):
