@@ -464,7 +464,19 @@ def _load_model(source: ModelSource, device: str) -> TextGenerator:
     if source.note:
         typer.echo(f"note: {source.note}", err=True)
     typer.echo(f"loading {source.kind} {source.path}", err=True)
-    return load_generator(source, device)
+    import os
+    import tempfile
+
+    from .capture import library_output_to, summarize
+
+    log_file = Path(tempfile.gettempdir()) / f"recipe-load-{os.getpid()}.log"
+    try:
+        with library_output_to(log_file) as captured:  # torchao / torch start-up warnings off the console
+            return load_generator(source, device)
+    finally:
+        summary = summarize(captured, " recipe_runner.")
+        if summary:
+            typer.echo(f"{summary} went to {log_file}", err=True)
 
 
 def _sampling(defaults: Sampling, greedy: bool, **options: Any) -> Sampling:
