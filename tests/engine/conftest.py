@@ -130,3 +130,19 @@ stages:
 def tiny_pretrain_recipe(tmp_path, data_dir) -> Path:
     """A data-to-pretrain recipe (run name ddp-tiny) on The Verdict: a 2-layer Llama, 6 steps of batch 4."""
     return _write(tmp_path / "r.yaml", TINY_PRETRAIN.format(data=data_dir))
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint(start_s3_server):
+    """A real S3 API server (moto's server mode) on 127.0.0.1 with an empty bucket "teams"
+    (one server per test module); its environment for the CLI."""
+    url, _, creds = start_s3_server("teams")
+    return {**creds, "AWS_ENDPOINT_URL": url}
+
+
+@pytest.fixture(params=["directory", "s3"])
+def shared_cache(request, tmp_path):
+    """``(cache URL, env)``: a shared cache directory, then the same on S3 (moto)."""
+    if request.param == "directory":
+        return str(tmp_path / "team-cache"), {}
+    return f"s3://teams/cache-{tmp_path.name}", request.getfixturevalue("s3_endpoint")

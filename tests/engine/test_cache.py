@@ -13,8 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 RECIPE = """
 name: shared
 seed: 3
@@ -107,21 +105,6 @@ def test_an_input_edited_while_the_stage_runs_is_not_committed(recipe_cli, write
     assert proc.returncode == 1
     assert "the local input from_file" in err and "changed while the stage ran" in err
     assert not list((wd / "shared" / "stages").glob("count-*"))
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint(start_s3_server):
-    """A real S3 API server (moto's server mode) on 127.0.0.1 with an empty bucket."""
-    url, _, creds = start_s3_server("teams")
-    return {**creds, "AWS_ENDPOINT_URL": url}
-
-
-@pytest.fixture(params=["directory", "s3"])
-def shared_cache(request, tmp_path):
-    if request.param == "directory":
-        return str(tmp_path / "team-cache"), {}
-    env = request.getfixturevalue("s3_endpoint")
-    return f"s3://teams/cache-{tmp_path.name}", env
 
 
 def test_a_second_team_pulls_every_stage_from_the_shared_cache(recipe_cli, status_json, shared_cache, tmp_path):

@@ -14,8 +14,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 PLUGIN_SRC = Path(__file__).parents[1] / "plugins" / "rr_testplugin" / "rr_testplugin"
 
 RECIPE = """
@@ -36,19 +34,6 @@ def _checkout(root: Path, text: str = RECIPE) -> Path:
     recipe = root / "shared.yaml"
     recipe.write_text(text)
     return recipe
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint(start_s3_server):
-    url, _, creds = start_s3_server("plans")
-    return {**creds, "AWS_ENDPOINT_URL": url}
-
-
-@pytest.fixture(params=["directory", "s3"])
-def shared_cache(request, tmp_path):
-    if request.param == "directory":
-        return str(tmp_path / "team-cache"), {}
-    return f"s3://plans/cache-{tmp_path.name}", request.getfixturevalue("s3_endpoint")
 
 
 def _plan(recipe_cli, recipe: Path, workdir: Path, *extra: str, env: dict | None = None) -> list[dict]:

@@ -12,30 +12,6 @@ from pathlib import Path
 
 import pytest
 
-RECIPE = """
-name: ddp-tiny
-seed: 7
-defaults: {{cpu_threads: 1}}
-stages:
-  - type: source
-    params:
-      sources:
-        - {{path: "{data}/the-verdict.txt", split_by: blank_lines}}
-      validation: 0.1
-  - type: tokenize
-    params: {{train: {{algorithm: bpe, vocab_size: 512}}}}
-  - type: pack
-    params: {{max_seq_length: 64}}
-  - type: init
-    params:
-      model_type: llama
-      config: {{num_hidden_layers: 2, hidden_size: 32, intermediate_size: 64, num_attention_heads: 2,
-               max_position_embeddings: 64}}
-  - type: pretrain
-    params: {{max_steps: 6, per_device_train_batch_size: 4, learning_rate: 3.0e-3, warmup_steps: 2,
-             logging_steps: 1, save_steps: 100}}
-"""
-
 
 def _losses(wd: Path, fingerprint: str) -> dict[int, float]:
     history = wd / "ddp-tiny" / "stages" / f"pretrain-{fingerprint[:12]}" / "outputs" / "model" / "trainer_history.json"
@@ -43,9 +19,9 @@ def _losses(wd: Path, fingerprint: str) -> dict[int, float]:
 
 
 def test_two_processes_follow_the_loss_curve_of_one_with_the_same_global_batch(
-    recipe_cli, status_json, write, tmp_path, data_dir
+    recipe_cli, status_json, tiny_pretrain_recipe, tmp_path
 ):
-    recipe, wd = write(tmp_path / "r.yaml", RECIPE.format(data=data_dir)), tmp_path / "runs"
+    recipe, wd = tiny_pretrain_recipe, tmp_path / "runs"
     curves, metrics = {}, {}
     for n, batch in ((1, 4), (2, 2)):
         sets = [
@@ -77,7 +53,7 @@ def _model_dir(wd: Path, fingerprint: str) -> Path:
 
 
 def test_fsdp_on_cpu_shards_follows_one_process_and_resumes_its_checkpoints(
-    recipe_cli, status_json, write, tmp_path, data_dir
+    recipe_cli, status_json, write, tmp_path, tiny_pretrain_recipe
 ):
     """FSDP2 in 2 gloo processes: every parameter a DTensor, rank 0 holding half of the values; the
     run fails after step 6 (its checkpoint-6 path is taken by a file), the same command resumes from the
@@ -92,7 +68,7 @@ def test_fsdp_on_cpu_shards_follows_one_process_and_resumes_its_checkpoints(
 
     from recipe_runner_stages.train.checkpoints import checkpoint_is_complete
 
-    recipe = write(tmp_path / "r.yaml", RECIPE.format(data=data_dir).replace("save_steps: 100", "save_steps: 3"))
+    recipe = write(tmp_path / "r.yaml", tiny_pretrain_recipe.read_text().replace("save_steps: 100", "save_steps: 3"))
     wd = tmp_path / "runs"
     one = ("--set", "launch.processes=1")
     fsdp = ("--set", "launch.processes=2", "--set", "launch.strategy=fsdp", "--set", _BATCH_2)
