@@ -16,3 +16,28 @@ def counts_per_document(flags: Any, lengths: Any) -> Any:
     cs = np.concatenate(([0], np.cumsum(flags, dtype=np.int64)))
     ends = np.cumsum(lengths, dtype=np.int64)
     return cs[ends] - cs[ends - lengths]
+
+
+class Verdicts:
+    """The reason each document of a batch is dropped for ('' while kept), the
+    rules applied in order: a rule only sees the documents no earlier one dropped."""
+
+    def __init__(self, n_docs: int):
+        import numpy as np
+
+        self.reasons = np.full(n_docs, "", dtype=object)
+        self.alive = np.ones(n_docs, dtype=bool)
+
+    def drop(self, failed: Any, reason: Any, docs: Any = None) -> None:
+        """Drop the live documents that ``failed`` (a bool per document, or per
+        one of ``docs`` when given) for ``reason``."""
+        import numpy as np
+
+        mask = np.zeros(len(self.alive), dtype=bool)
+        if docs is None:
+            mask[:] = failed
+        else:
+            mask[docs] = failed
+        mask &= self.alive
+        self.reasons[mask] = reason
+        self.alive &= ~mask

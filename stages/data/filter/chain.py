@@ -9,6 +9,8 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from .base import DocumentFilter
+from .batch_words import BatchWords, split_batch
+from .datatrove_rules import DatatroveRulesFilter
 from .registry import load_filter
 from .specs import FilterSpec
 
@@ -41,13 +43,18 @@ def filter_batch(table: Any, specs_json: str, text_column: str, edits: bool) -> 
     alive = np.arange(n)
     cur = texts
     out_text = texts.to_pylist() if edits else None
+    words: BatchWords | None = None  # the live documents' words, shared by the filters that split alike
     for k, document_filter in enumerate(filter_chain(specs_json)):
         if len(alive) == 0:
             break
-        decision = document_filter.decide(cur)
+        if isinstance(document_filter, DatatroveRulesFilter) and document_filter.shares_words:
+            words = split_batch(cur) if words is None else words
+            decision = document_filter.decide_with_words(cur, words)
+        else:
+            decision = document_filter.decide(cur)
         keep = np.asarray(decision.keep, dtype=bool)
         if decision.texts is not None:
-            cur = decision.texts
+            cur, words = decision.texts, None
             if out_text is not None:
                 for j, t in zip(alive[keep], pc.filter(cur, pa.array(keep)).to_pylist(), strict=True):
                     out_text[j] = t
@@ -58,6 +65,7 @@ def filter_batch(table: Any, specs_json: str, text_column: str, edits: bool) -> 
             reason[alive[dead]] = [r if r else "" for r in np.asarray(why, dtype=object)[dead]]
             alive = alive[keep]
             cur = pc.filter(cur, pa.array(keep))
+            words = words.take(keep) if words is not None else None
     out = {"_drop": pa.array(drop, pa.int16()), "_reason": pa.array(reason.tolist(), pa.string())}
     if edits:
         out[text_column] = pa.array(out_text, pa.string())

@@ -12,6 +12,7 @@ from pydantic import Field
 from recipe_runner import StageError
 
 from .base import DocumentFilter, FilterDecision, FilterOptions
+from .batch_words import BatchWords, plain_strings, split_batch, strip_characters
 
 WordTokenizerName = Literal["simple", "spacy"]
 
@@ -54,6 +55,31 @@ class DatatroveRulesFilter(DocumentFilter[RulesOptionsT]):
         return options
 
     def decide(self, texts: Any) -> FilterDecision:
+        if self.shares_words:
+            texts = plain_strings(texts)
+            return self.decide_with_words(texts, split_batch(texts))
+        return self.decide_per_document(texts)
+
+    @property
+    def shares_words(self) -> bool:
+        """Whether this filter decides on a whole batch's words (:meth:`decide_with_words`),
+        which the filters of one list share: the ``simple`` splitter and rules of its own."""
+        own_rules = type(self).batch_reasons is not DatatroveRulesFilter.batch_reasons
+        return own_rules and self.options.word_tokenizer == "simple"
+
+    def decide_with_words(self, texts: Any, words: BatchWords) -> FilterDecision:
+        """The verdict on a batch whose words (``simple`` splitter) are ``words``."""
+        reasons = self.batch_reasons(texts, words)
+        return FilterDecision(keep=reasons == "", reasons=reasons)
+
+    def batch_reasons(self, texts: Any, words: BatchWords) -> Any:
+        """Why each text is dropped ('' when kept), for the whole batch: the
+        datatrove rules reimplemented for the ``simple`` splitter (by the
+        Gopher filters; the others call datatrove per document)."""
+        raise NotImplementedError
+
+    def decide_per_document(self, texts: Any) -> FilterDecision:
+        """datatrove's own filter, called on each text."""
         import numpy as np
         import pyarrow as pa
 
@@ -64,6 +90,10 @@ class DatatroveRulesFilter(DocumentFilter[RulesOptionsT]):
             keep[i], reasons[i] = self._verdict(d)
         new = pa.array([d.text for d in docs], pa.string()) if self.edits_text else None
         return FilterDecision(keep=keep, reasons=reasons, texts=new)
+
+    def verdict(self, text: str) -> tuple[bool, str]:
+        """datatrove's own verdict on one text: (keep, reason)."""
+        return self._verdict(self._document(text=text, id="0"))
 
     def _verdict(self, doc: Any) -> tuple[bool, str]:
         if not doc.text:
@@ -105,10 +135,9 @@ class _SimpleWordTokenizerFactory:
 
 
 def _simple_word_tokenizer_class() -> Any:
-    from datatrove.utils.text import PUNCTUATION
     from datatrove.utils.word_tokenizers import WordTokenizer
 
-    strip = PUNCTUATION + "\"'“”‘’"
+    strip = strip_characters()
     sentences = re.compile(r"[^.!?…]*(?:[.!?…]+[\"'”’)\]]*|$)", re.S)
 
     class SimpleWordTokenizer(WordTokenizer):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
 from .base import Fraction, NonNegative
+from .batch_words import BatchWords
 from .datatrove_rules import DatatroveRulesFilter, DatatroveRulesOptions
 
 
@@ -38,3 +39,16 @@ class GopherQualityOptions(DatatroveRulesOptions):
 class GopherQualityFilter(DatatroveRulesFilter[GopherQualityOptions]):
     Options = GopherQualityOptions
     rules = "GopherQualityFilter"
+
+    def batch_reasons(self, texts: Any, words: BatchWords) -> Any:
+        """datatrove's rules, vectorised (:mod:`.quality_rules`); datatrove's
+        own code for the texts without words (empty ones included)."""
+        import numpy as np
+
+        from .quality_rules import quality_reasons
+
+        reasons = quality_reasons(texts, words, self.options)
+        for i in np.flatnonzero(words.per_doc == 0).tolist():
+            keep, why = self.verdict(texts[i].as_py())
+            reasons[i] = "" if keep else why
+        return reasons

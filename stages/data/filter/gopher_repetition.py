@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from .base import Fraction
+from .batch_words import BatchWords
 from .datatrove_rules import DatatroveRulesFilter, DatatroveRulesOptions
 
 #: words per n-gram: from 1 to a paragraph's worth
@@ -45,3 +46,9 @@ class GopherRepetitionFilter(DatatroveRulesFilter[GopherRepetitionOptions]):
     def rules_options(self, options: dict[str, Any]) -> dict[str, Any]:
         """datatrove wants the n-gram thresholds as tuples."""
         return {**options, **{k: tuple(tuple(x) for x in options[k]) for k in ("top_n_grams", "dup_n_grams")}}
+
+    def batch_reasons(self, texts: Any, words: BatchWords) -> Any:
+        """datatrove's rules, vectorised (:mod:`.repetition_rules`)."""
+        from .repetition_rules import repetition_reasons
+
+        return repetition_reasons(texts, words, self.options)

@@ -27,6 +27,9 @@ from .base import DocumentFilter
 from .chain import filter_batch, filter_chain
 from .specs import FilterSpec
 
+#: most text in one batch of the filters (bytes): the batch-wise rules hold a few times that in memory
+MAX_BATCH_BYTES = 4 * 2**20
+
 
 def _course_defaults() -> list[dict[str, Any]]:
     return [{"type": "paragraph_length"}, {"type": "paragraph_repetition"}]
@@ -184,8 +187,8 @@ def _filter_shard(table: Any, tmp: Path, specs_json: str, text_column: str, edit
 
     table = table.select([text_column])
     results = [
-        filter_batch(table.slice(a, batch_size), specs_json, text_column, edits)
-        for a in range(0, table.num_rows, batch_size)
+        filter_batch(table.slice(a, b - a), specs_json, text_column, edits)
+        for a, b in _batches(table.column(text_column), batch_size, MAX_BATCH_BYTES)
     ]
     res = pa.concat_tables(results) if results else None
     drop = res.column("_drop").to_numpy().astype(np.int16) if res is not None else np.zeros(0, np.int16)
@@ -200,6 +203,25 @@ def _filter_shard(table: Any, tmp: Path, specs_json: str, text_column: str, edit
         texts = res.select([text_column]) if res is not None else pa.table({text_column: pa.array([], pa.string())})
         feather.write_feather(texts, str(tmp / "text.arrow"), compression="uncompressed")
     return {"rows": table.num_rows, "reasons": counts}
+
+
+def _batches(texts: Any, batch_size: int, max_bytes: int) -> list[tuple[int, int]]:
+    """Row ranges of at most ``batch_size`` rows and, unless one row is more,
+    ``max_bytes`` of text: what a batch of the vectorised rules holds in memory
+    grows with its text."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    sizes = pc.binary_length(texts).to_numpy(zero_copy_only=False)
+    ends = np.cumsum(np.nan_to_num(sizes, nan=0).astype(np.int64))
+    bounds, a = [], 0
+    while a < len(ends):
+        base = ends[a - 1] if a else 0
+        b = max(int(np.searchsorted(ends, base + max_bytes, side="right")), a + 1)
+        b = min(b, a + batch_size)
+        bounds.append((a, b))
+        a = b
+    return bounds
 
 
 def _kept(table: Any, shard_paths: list[Path], text_column: str, edits: bool) -> Iterator[Any]:

@@ -169,3 +169,14 @@ def test_filter_failure_keeps_finished_shards(
     assert {k: v for k, v in r.metrics.items() if not k.startswith("shards_")} == {
         k: v for k, v in clean.metrics.items() if not k.startswith("shards_")
     }
+
+
+def test_batches_hold_at_most_batch_size_rows_and_max_bytes_of_text_unless_one_row_is_more():
+    import pyarrow as pa
+
+    from recipe_runner_stages.data.filter.stage import _batches
+
+    texts = pa.chunked_array([["a" * 10, None, "b" * 3], ["c" * 30, "d"]], pa.string())
+    assert _batches(texts, 1000, 12) == [(0, 2), (2, 3), (3, 4), (4, 5)]
+    assert _batches(texts, 2, 1000) == [(0, 2), (2, 4), (4, 5)]
+    assert _batches(pa.chunked_array([], pa.string()), 5, 10) == []
