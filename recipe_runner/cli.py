@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .apps.models import ModelSource
     from .planning import PlanItem
     from .recipe import Recipe
+    from .runner import Runner, RunResult
     from .shared_cache import SharedCache
 
 import typer
@@ -107,8 +108,7 @@ def run(
     cache: str | None = CacheOpt,
 ) -> None:
     """Run a recipe's stages, reusing every cached stage and resuming interrupted ones."""
-    from . import console
-    from .console import detach, progress_sink, redact_logs, setup_logging, summary_table
+    from .console import detach, progress_sink, redact_logs, setup_logging
     from .errors import RunError
     from .planning import Selection
     from .planning import plan as make_plan
@@ -139,7 +139,15 @@ def run(
     except KeyboardInterrupt as e:
         typer.echo(f"stopped: {e}", err=True)
         raise typer.Exit(130) from None
-    console.stdout.print(summary_table(result.manifest, f"recipe {r.name}"))
+    _print_run_end(runner, result, r.name, verbose)
+
+
+def _print_run_end(runner: Runner, result: RunResult, name: str, verbose: bool) -> None:
+    """The summary table, where things are, and for a failed stage what to do; exit 1 then."""
+    from . import console
+    from .console import summary_table
+
+    console.stdout.print(summary_table(result.manifest, f"recipe {name}"))
     typer.echo(f"run directory: {runner.store.root}\nmanifest: {runner.store.manifest_path}")
     typer.echo(f"runner overhead: {result.runner_seconds:.2f}s (time outside the stages' own work)")
     if result.pushed and runner.shared_cache is not None:
