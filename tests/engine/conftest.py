@@ -146,3 +146,72 @@ def shared_cache(request, tmp_path):
     if request.param == "directory":
         return str(tmp_path / "team-cache"), {}
     return f"s3://teams/cache-{tmp_path.name}", request.getfixturevalue("s3_endpoint")
+
+
+SHARED_RECIPE = """
+name: shared
+seed: 3
+stages:
+  - type: count
+    params: {n: 4, from_file: "${paths.recipe_dir}/offsets.json"}
+  - {type: multiply, params: {factor: 2}}
+  - type: total
+"""
+
+
+def _team_checkout(root: Path, text: str = SHARED_RECIPE) -> Path:
+    """A copy of the recipe and its data at its own path."""
+    root.mkdir(parents=True)
+    (root / "offsets.json").write_text("[1, 2]")
+    recipe = root / "shared.yaml"
+    recipe.write_text(text)
+    return recipe
+
+
+@pytest.fixture()
+def shared_recipe() -> str:
+    """A three-stage test-plugin recipe (run name "shared") that reads a local offsets.json."""
+    return SHARED_RECIPE
+
+
+@pytest.fixture()
+def team_checkout():
+    """``team_checkout(root, text=shared_recipe) -> recipe path``: the recipe and its data copied to ``root``."""
+    return _team_checkout
+
+
+def _truncate_cached_count(cache: str, env: dict[str, str]) -> str:
+    """Truncate the count stage's numbers.json in the cache; its path as `recipe verify` names it."""
+    if not cache.startswith("s3://"):
+        for record in Path(cache).glob("*/*/stage.json"):
+            if json.loads(record.read_text())["stage"] == "count":
+                victim = record.parent / "outputs" / "numbers" / "numbers.json"
+                victim.write_text(victim.read_text()[:-2])
+                return str(victim)
+        raise AssertionError("no cached count stage found")
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    bucket, prefix = cache[len("s3://") :].split("/", 1)
+    for obj in client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]:
+        if obj["Key"].endswith("/stage.json"):
+            record = json.loads(client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
+            if record["stage"] == "count":
+                target = obj["Key"].rsplit("/", 1)[0] + "/outputs/numbers/numbers.json"
+                body = client.get_object(Bucket=bucket, Key=target)["Body"].read()
+                client.put_object(Bucket=bucket, Key=target, Body=body[:-2])
+                return f"s3://{bucket}/{target}"
+    raise AssertionError("no cached count stage found")
+
+
+@pytest.fixture()
+def truncate_cached_count():
+    """``truncate_cached_count(cache URL, env) -> path``: cut two bytes off the count stage's output in a
+    shared cache (a directory or S3), as a corrupt entry; the file's path as `recipe verify` names it."""
+    return _truncate_cached_count

@@ -11,34 +11,14 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-RECIPE = """
-name: shared
-seed: 3
-stages:
-  - type: count
-    params: {n: 4, from_file: "${paths.recipe_dir}/offsets.json"}
-  - {type: multiply, params: {factor: 2}}
-  - type: total
-"""
-
-
-def _team_checkout(root: Path) -> Path:
-    """A copy of the recipe and its data at its own path."""
-    root.mkdir(parents=True)
-    (root / "offsets.json").write_text("[1, 2]")
-    recipe = root / "shared.yaml"
-    recipe.write_text(RECIPE)
-    return recipe
 
 
 def _stage_lines(stderr: str) -> list[str]:
     return [line.split(" INFO ", 1)[1] for line in stderr.splitlines() if " INFO stage " in line]
 
 
-def test_verify_and_a_truncated_output_is_rebuilt(recipe_cli, tmp_path):
-    recipe, wd = _team_checkout(tmp_path / "a"), tmp_path / "runs"
+def test_verify_and_a_truncated_output_is_rebuilt(recipe_cli, tmp_path, team_checkout):
+    recipe, wd = team_checkout(tmp_path / "a"), tmp_path / "runs"
     assert recipe_cli("run", str(recipe), "--workdir", str(wd)).returncode == 0
     proc = recipe_cli("verify", str(recipe), "--workdir", str(wd))
     assert proc.returncode == 0 and "verified 3 stage outputs" in proc.stdout and "all intact" in proc.stdout
@@ -68,8 +48,8 @@ def test_verify_and_a_truncated_output_is_rebuilt(recipe_cli, tmp_path):
     assert proc.returncode == 1 and "content differs from its digest" in proc.stderr
 
 
-def test_keys_cover_local_file_content_not_paths_and_not_run_settings(recipe_cli, status_json, tmp_path):
-    a, b = _team_checkout(tmp_path / "a"), _team_checkout(tmp_path / "elsewhere" / "b")
+def test_keys_cover_local_file_content_not_paths_and_not_run_settings(recipe_cli, status_json, tmp_path, team_checkout):
+    a, b = team_checkout(tmp_path / "a"), team_checkout(tmp_path / "elsewhere" / "b")
     wd = tmp_path / "runs"
     assert recipe_cli("run", str(a), "--workdir", str(wd)).returncode == 0
     keys_a = [s["fingerprint"] for s in status_json(a, wd)["stages"]]
@@ -89,9 +69,11 @@ def test_keys_cover_local_file_content_not_paths_and_not_run_settings(recipe_cli
     assert plan[0]["action"] == "run"
 
 
-def test_an_input_edited_while_the_stage_runs_is_not_committed(recipe_cli, write, tmp_path):
-    recipe = _team_checkout(tmp_path / "a")
-    recipe.write_text(RECIPE.replace("{n: 4,", "{n: 40, sleep: 0.05,"))
+def test_an_input_edited_while_the_stage_runs_is_not_committed(
+    recipe_cli, write, tmp_path, team_checkout, shared_recipe
+):
+    recipe = team_checkout(tmp_path / "a")
+    recipe.write_text(shared_recipe.replace("{n: 4,", "{n: 40, sleep: 0.05,"))
     wd = tmp_path / "runs"
     proc = subprocess.Popen(
         [sys.executable, "-m", "recipe_runner.cli", "run", str(recipe), "--workdir", str(wd)],
@@ -107,9 +89,11 @@ def test_an_input_edited_while_the_stage_runs_is_not_committed(recipe_cli, write
     assert not list((wd / "shared" / "stages").glob("count-*"))
 
 
-def test_a_second_team_pulls_every_stage_from_the_shared_cache(recipe_cli, status_json, shared_cache, tmp_path):
+def test_a_second_team_pulls_every_stage_from_the_shared_cache(
+    recipe_cli, status_json, shared_cache, tmp_path, team_checkout, truncate_cached_count
+):
     cache, env = shared_cache
-    team_a, team_b = _team_checkout(tmp_path / "team-a"), _team_checkout(tmp_path / "elsewhere" / "team-b")
+    team_a, team_b = team_checkout(tmp_path / "team-a"), team_checkout(tmp_path / "elsewhere" / "team-b")
     t = time.perf_counter()
     proc = recipe_cli("run", str(team_a), "--workdir", str(tmp_path / "runs-a"), "--cache", cache, env=env)
     first = time.perf_counter() - t
@@ -134,8 +118,8 @@ def test_a_second_team_pulls_every_stage_from_the_shared_cache(recipe_cli, statu
     assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 3
 
     # a truncated file in the shared cache is detected and not used: team C runs the stage itself
-    _truncate_one_cached_file(cache, env)
-    team_c = _team_checkout(tmp_path / "team-c")
+    truncate_cached_count(cache, env)
+    team_c = team_checkout(tmp_path / "team-c")
     proc = recipe_cli("run", str(team_c), "--workdir", str(tmp_path / "runs-c"), "--cache", cache, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "is corrupt, not used" in proc.stderr
@@ -145,39 +129,8 @@ def test_a_second_team_pulls_every_stage_from_the_shared_cache(recipe_cli, statu
     assert gone.returncode == 0 and "removed 3 entries" in gone.stdout
 
 
-def _truncate_one_cached_file(cache: str, env: dict[str, str]) -> None:
-    if not cache.startswith("s3://"):
-        victim = next(
-            p
-            for p in Path(cache).rglob("numbers.json")
-            if "count" in json.loads((p.parents[2] / "stage.json").read_text())["stage"]
-        )
-        victim.write_text(victim.read_text()[:-2])
-        return
-    import boto3
-
-    client = boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    bucket, prefix = cache[len("s3://") :].split("/", 1)
-    objects = client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
-    records = [o["Key"] for o in objects if o["Key"].endswith("/stage.json")]
-    for key in records:
-        record = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
-        if record["stage"] == "count":
-            target = key.rsplit("/", 1)[0] + "/outputs/numbers/numbers.json"
-            body = client.get_object(Bucket=bucket, Key=target)["Body"].read()
-            client.put_object(Bucket=bucket, Key=target, Body=body[:-2])
-            return
-    raise AssertionError("no cached count stage found")
-
-
-def test_fully_cached_rerun_overhead(recipe_cli, tmp_path):
-    recipe, wd = _team_checkout(tmp_path / "a"), tmp_path / "runs"
+def test_fully_cached_rerun_overhead(recipe_cli, tmp_path, team_checkout):
+    recipe, wd = team_checkout(tmp_path / "a"), tmp_path / "runs"
     assert recipe_cli("run", str(recipe), "--workdir", str(wd)).returncode == 0
     proc = recipe_cli("run", str(recipe), "--workdir", str(wd))
     overhead = float(proc.stdout.split("runner overhead: ")[1].split("s")[0])

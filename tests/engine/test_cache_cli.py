@@ -16,25 +16,6 @@ from pathlib import Path
 
 PLUGIN_SRC = Path(__file__).parents[1] / "plugins" / "rr_testplugin" / "rr_testplugin"
 
-RECIPE = """
-name: shared
-seed: 3
-stages:
-  - type: count
-    params: {n: 4, from_file: "${paths.recipe_dir}/offsets.json"}
-  - {type: multiply, params: {factor: 2}}
-  - type: total
-"""
-
-
-def _checkout(root: Path, text: str = RECIPE) -> Path:
-    """A copy of the recipe and its data at its own path."""
-    root.mkdir(parents=True)
-    (root / "offsets.json").write_text("[1, 2]")
-    recipe = root / "shared.yaml"
-    recipe.write_text(text)
-    return recipe
-
 
 def _plan(recipe_cli, recipe: Path, workdir: Path, *extra: str, env: dict | None = None) -> list[dict]:
     proc = recipe_cli("plan", str(recipe), "--workdir", str(workdir), "--json", *extra, env=env)
@@ -48,39 +29,11 @@ def _status(recipe_cli, recipe: Path, workdir: Path, *extra: str, env: dict | No
     return json.loads(proc.stdout)["stages"]
 
 
-def _truncate_count_output(cache: str, env: dict[str, str]) -> str:
-    """Truncate the count stage's numbers.json in the cache; its path as `recipe verify` names it."""
-    if not cache.startswith("s3://"):
-        for record in Path(cache).glob("*/*/stage.json"):
-            if json.loads(record.read_text())["stage"] == "count":
-                victim = record.parent / "outputs" / "numbers" / "numbers.json"
-                victim.write_text(victim.read_text()[:-2])
-                return str(victim)
-        raise AssertionError("no cached count stage found")
-    import boto3
-
-    client = boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    bucket, prefix = cache[len("s3://") :].split("/", 1)
-    for obj in client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]:
-        if obj["Key"].endswith("/stage.json"):
-            record = json.loads(client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
-            if record["stage"] == "count":
-                target = obj["Key"].rsplit("/", 1)[0] + "/outputs/numbers/numbers.json"
-                body = client.get_object(Bucket=bucket, Key=target)["Body"].read()
-                client.put_object(Bucket=bucket, Key=target, Body=body[:-2])
-                return f"s3://{bucket}/{target}"
-    raise AssertionError("no cached count stage found")
-
-
-def test_plan_status_and_verify_see_the_shared_cache(recipe_cli, shared_cache, tmp_path):
+def test_plan_status_and_verify_see_the_shared_cache(
+    recipe_cli, shared_cache, tmp_path, team_checkout, truncate_cached_count
+):
     cache, env = shared_cache
-    team_a, team_b = _checkout(tmp_path / "team-a"), _checkout(tmp_path / "elsewhere" / "team-b")
+    team_a, team_b = team_checkout(tmp_path / "team-a"), team_checkout(tmp_path / "elsewhere" / "team-b")
     proc = recipe_cli("run", str(team_a), "--workdir", str(tmp_path / "runs-a"), "--cache", cache, env=env)
     assert proc.returncode == 0, proc.stderr
     wd = tmp_path / "runs-b"
@@ -103,7 +56,7 @@ def test_plan_status_and_verify_see_the_shared_cache(recipe_cli, shared_cache, t
     proc = recipe_cli("verify", str(team_b), "--workdir", str(wd), "--cache", cache, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "verified 0 stage outputs and 3 entries of the shared cache" in proc.stdout and "all intact" in proc.stdout
-    victim = _truncate_count_output(cache, env)
+    victim = truncate_cached_count(cache, env)
     proc = recipe_cli("verify", str(team_b), "--workdir", str(wd), "--cache", cache, env=env)
     assert proc.returncode == 1 and f"corrupt: {victim}: " in proc.stderr, proc.stderr
     assert "1 corrupt file(s)" in proc.stdout
@@ -118,11 +71,11 @@ def test_plan_status_and_verify_see_the_shared_cache(recipe_cli, shared_cache, t
     assert proc.returncode == 0 and "verified 3 stage outputs and 3 entries" in proc.stdout, proc.stderr
 
 
-def test_plan_keys_downstream_from_an_old_marker_or_says_after(recipe_cli, tmp_path):
+def test_plan_keys_downstream_from_an_old_marker_or_says_after(recipe_cli, tmp_path, team_checkout):
     """An entry pushed before markers held digests: plan reads its stage.json;
     when that cannot be read either, the stages after it are keyed at run time."""
     cache = tmp_path / "cache"
-    team_a = _checkout(tmp_path / "team-a")
+    team_a = team_checkout(tmp_path / "team-a")
     assert recipe_cli("run", str(team_a), "--workdir", str(tmp_path / "runs-a"), "--cache", str(cache)).returncode == 0
     for marker in cache.glob("*/COMPLETE"):
         data = json.loads(marker.read_text())
@@ -141,9 +94,9 @@ def test_plan_keys_downstream_from_an_old_marker_or_says_after(recipe_cli, tmp_p
     assert plan[1]["fingerprint"] is None
 
 
-def test_cache_in_the_recipe_is_used_without_the_option(recipe_cli, run_recipe, tmp_path):
+def test_cache_in_the_recipe_is_used_without_the_option(recipe_cli, run_recipe, tmp_path, team_checkout, shared_recipe):
     cache = tmp_path / "recipe-cache"
-    recipe = _checkout(tmp_path / "a", RECIPE + f"cache: {cache}\n")
+    recipe = team_checkout(tmp_path / "a", shared_recipe + f"cache: {cache}\n")
     proc = run_recipe(recipe, tmp_path / "runs-a")
     assert proc.returncode == 0, proc.stderr
     assert "pushed to the shared cache" in proc.stdout and "count, multiply, total" in proc.stdout
@@ -154,9 +107,9 @@ def test_cache_in_the_recipe_is_used_without_the_option(recipe_cli, run_recipe, 
     assert proc.returncode == 0 and proc.stderr.count("cached [pulled from the shared cache]") == 3, proc.stderr
 
 
-def test_two_runs_push_the_same_keys_at_once(recipe_cli, tmp_path):
+def test_two_runs_push_the_same_keys_at_once(recipe_cli, tmp_path, team_checkout, shared_recipe):
     cache = tmp_path / "cache"
-    recipe = _checkout(tmp_path / "a", RECIPE.replace("{n: 4,", "{n: 4, sleep: 0.1,"))
+    recipe = team_checkout(tmp_path / "a", shared_recipe.replace("{n: 4,", "{n: 4, sleep: 0.1,"))
     procs = [
         subprocess.Popen(
             [
@@ -184,7 +137,9 @@ def test_two_runs_push_the_same_keys_at_once(recipe_cli, tmp_path):
     assert proc.returncode == 0 and "3 entries of the shared cache" in proc.stdout, proc.stdout + proc.stderr
 
 
-def test_concurrent_pushes_of_one_key_leave_one_complete_entry(recipe_cli, shared_cache, tmp_path, monkeypatch):
+def test_concurrent_pushes_of_one_key_leave_one_complete_entry(
+    recipe_cli, shared_cache, tmp_path, monkeypatch, team_checkout
+):
     """Both pushers find no entry, upload at the same moment, and publish their markers:
     one complete, verified entry remains, and a reader never sees half a marker."""
     from recipe_runner.planning import Keys, stage_key
@@ -195,7 +150,7 @@ def test_concurrent_pushes_of_one_key_leave_one_complete_entry(recipe_cli, share
     cache, env = shared_cache
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    recipe = _checkout(tmp_path / "a")
+    recipe = team_checkout(tmp_path / "a")
     assert recipe_cli("run", str(recipe), "--workdir", str(tmp_path / "runs")).returncode == 0
     r = load_recipe(recipe, [])
     store = RunStore(tmp_path / "runs", r.name)
@@ -248,9 +203,9 @@ def test_concurrent_pushes_of_one_key_leave_one_complete_entry(recipe_cli, share
     assert shared.pull(fresh, "count", key) and fresh.committed("count", key) is not None
 
 
-def test_cache_gc_by_age_removes_only_old_entries(recipe_cli, tmp_path):
+def test_cache_gc_by_age_removes_only_old_entries(recipe_cli, tmp_path, team_checkout):
     cache = tmp_path / "cache"
-    recipe = _checkout(tmp_path / "a")
+    recipe = team_checkout(tmp_path / "a")
     assert recipe_cli("run", str(recipe), "--workdir", str(tmp_path / "runs"), "--cache", str(cache)).returncode == 0
     markers = sorted(cache.glob("*/COMPLETE"))
     assert len(markers) == 3
@@ -269,13 +224,13 @@ def test_cache_gc_by_age_removes_only_old_entries(recipe_cli, tmp_path):
     assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 2 and "count" not in listed.stdout
 
 
-def test_plan_names_an_edited_plugin_source_and_a_plugin_version_change(recipe_cli, tmp_path):
+def test_plan_names_an_edited_plugin_source_and_a_plugin_version_change(recipe_cli, tmp_path, team_checkout):
     """A development copy of the test plugin, first on PYTHONPATH: editing its
     source, then its version, re-keys its stages and `recipe plan` says why."""
     pkgs = tmp_path / "pkgs"
     shutil.copytree(PLUGIN_SRC, pkgs / "rr_testplugin", ignore=shutil.ignore_patterns("__pycache__"))
     env = {"PYTHONPATH": os.pathsep.join([str(pkgs), os.environ.get("PYTHONPATH", "")])}
-    recipe, wd = _checkout(tmp_path / "a"), tmp_path / "runs"
+    recipe, wd = team_checkout(tmp_path / "a"), tmp_path / "runs"
     assert recipe_cli("run", str(recipe), "--workdir", str(wd), env=env).returncode == 0
     assert [i["action"] for i in _plan(recipe_cli, recipe, wd, env=env)] == ["cached"] * 3
 
@@ -309,12 +264,14 @@ def test_describe_change_names_plugin_version_and_source():
     assert describe_change(before, dict(before)) == []
 
 
-def test_digest_cache_skips_unchanged_inputs_and_sees_an_edit_that_restores_mtime(run_recipe, tmp_path):
+def test_digest_cache_skips_unchanged_inputs_and_sees_an_edit_that_restores_mtime(
+    run_recipe, tmp_path, team_checkout, shared_recipe
+):
     from recipe_runner.planning import plan
     from recipe_runner.recipe import load_recipe
     from recipe_runner.store import RunStore
 
-    recipe = _checkout(tmp_path / "a", RECIPE.replace("{n: 4,", "{n: 1,"))
+    recipe = team_checkout(tmp_path / "a", shared_recipe.replace("{n: 4,", "{n: 1,"))
     big = tmp_path / "a" / "offsets.json"
     big.write_text(json.dumps([7] * 400_000))  # 2.8 MB
     wd = tmp_path / "runs"

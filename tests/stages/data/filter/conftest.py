@@ -144,3 +144,24 @@ def datatrove_reasons():
         return list(document_filter.decide_per_document(pa.array(texts, pa.string())).reasons)
 
     return reasons
+
+
+@pytest.fixture(scope="session")
+def batch_reasons():
+    """``batch_reasons(options, texts, batch_size)``: the reason each text is dropped ('' kept) by the
+    filter ``options`` names, deciding ``batch_size`` texts at a time as the stage does."""
+    import pyarrow as pa
+
+    from recipe_runner_stages.data.filter.registry import load_filter
+
+    def reasons(options: dict, texts: list[str], batch_size: int) -> list[str]:
+        cls = load_filter(options["type"])
+        document_filter = cls(cls.Options.model_validate(options))
+        out: list[str] = []
+        for a in range(0, len(texts), batch_size):
+            decision = document_filter.decide(pa.array(texts[a : a + batch_size], pa.string()))
+            assert list(decision.keep) == [r == "" for r in decision.reasons]
+            out += list(decision.reasons)
+        return out
+
+    return reasons

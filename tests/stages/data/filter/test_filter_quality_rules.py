@@ -6,10 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-import pyarrow as pa
 import pytest
-
-from recipe_runner_stages.data.filter.registry import load_filter
 
 # datatrove's mean word length of a text whose words are all symbols
 pytestmark = [
@@ -47,31 +44,22 @@ OPTIONS = {
 }
 
 
-def batch_reasons(options: dict, texts: list[str], batch_size: int) -> list[str]:
-    cls = load_filter(options["type"])
-    document_filter = cls(cls.Options.model_validate(options))
-    out: list[str] = []
-    for a in range(0, len(texts), batch_size):
-        decision = document_filter.decide(pa.array(texts[a : a + batch_size], pa.string()))
-        assert list(decision.keep) == [r == "" for r in decision.reasons]
-        out += list(decision.reasons)
-    return out
-
-
 @pytest.mark.parametrize("name", list(OPTIONS))
-def test_real_text_gets_datatroves_verdicts(real_texts, datatrove_reasons, name):
+def test_real_text_gets_datatroves_verdicts(real_texts, datatrove_reasons, name, batch_reasons):
     expected = datatrove_reasons(OPTIONS[name], real_texts)
     assert batch_reasons(OPTIONS[name], real_texts, 1000) == expected
     assert len(set(expected)) > 2
 
 
 @pytest.mark.parametrize("name", list(OPTIONS))
-def test_crafted_and_random_text_gets_datatroves_verdicts(crafted_texts, fuzz_texts, datatrove_reasons, name):
+def test_crafted_and_random_text_gets_datatroves_verdicts(
+    crafted_texts, fuzz_texts, datatrove_reasons, name, batch_reasons
+):
     texts = crafted_texts + fuzz_texts
     assert batch_reasons(OPTIONS[name], texts, 97) == datatrove_reasons(OPTIONS[name], texts)
 
 
-def test_every_rule_drops_some_document(real_texts, crafted_texts, fuzz_texts):
+def test_every_rule_drops_some_document(real_texts, crafted_texts, fuzz_texts, batch_reasons):
     """What the tests above compare covers every rule, and the texts without words."""
     texts = real_texts + crafted_texts + fuzz_texts
     reasons = Counter()
@@ -84,7 +72,7 @@ def test_every_rule_drops_some_document(real_texts, crafted_texts, fuzz_texts):
     assert not [r for r in rules if reasons[r] == 0], reasons
 
 
-def test_at_the_thresholds(crafted_texts, datatrove_reasons):
+def test_at_the_thresholds(crafted_texts, datatrove_reasons, batch_reasons):
     """The crafted texts at the paper's bounds (50 words, mean length 3 and 10,
     a '#' per 10 words, 9 bullet lines of 10) decide as datatrove decides."""
     options = OPTIONS["paper"]

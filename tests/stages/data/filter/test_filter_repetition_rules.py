@@ -30,31 +30,22 @@ OPTIONS = {
 }
 
 
-def batch_reasons(options: dict, texts: list[str], batch_size: int) -> list[str]:
-    cls = load_filter(options["type"])
-    document_filter = cls(cls.Options.model_validate(options))
-    out: list[str] = []
-    for a in range(0, len(texts), batch_size):
-        decision = document_filter.decide(pa.array(texts[a : a + batch_size], pa.string()))
-        assert list(decision.keep) == [r == "" for r in decision.reasons]
-        out += list(decision.reasons)
-    return out
-
-
 @pytest.mark.parametrize("name", list(OPTIONS))
-def test_real_text_gets_datatroves_verdicts(real_texts, datatrove_reasons, name):
+def test_real_text_gets_datatroves_verdicts(real_texts, datatrove_reasons, name, batch_reasons):
     expected = datatrove_reasons(OPTIONS[name], real_texts)
     assert batch_reasons(OPTIONS[name], real_texts, 1000) == expected
     assert len(set(expected)) > 3  # the rules do drop documents, for several reasons
 
 
 @pytest.mark.parametrize("name", list(OPTIONS))
-def test_crafted_and_random_text_gets_datatroves_verdicts(crafted_texts, fuzz_texts, datatrove_reasons, name):
+def test_crafted_and_random_text_gets_datatroves_verdicts(
+    crafted_texts, fuzz_texts, datatrove_reasons, name, batch_reasons
+):
     texts = crafted_texts + fuzz_texts
     assert batch_reasons(OPTIONS[name], texts, 97) == datatrove_reasons(OPTIONS[name], texts)
 
 
-def test_every_rule_drops_some_document(real_texts, crafted_texts, fuzz_texts, datatrove_reasons):
+def test_every_rule_drops_some_document(real_texts, crafted_texts, fuzz_texts, datatrove_reasons, batch_reasons):
     """What the tests above compare covers every rule of the paper's set."""
     reasons = Counter(batch_reasons(OPTIONS["paper"], real_texts + crafted_texts + fuzz_texts, 1000))
     rules = ["empty", "dup_para_frac", "dup_para_char_frac", "dup_line_frac", "dup_line_char_frac"]
@@ -62,7 +53,7 @@ def test_every_rule_drops_some_document(real_texts, crafted_texts, fuzz_texts, d
     assert not [r for r in rules if reasons[r] == 0], reasons
 
 
-def test_at_a_threshold_is_kept_above_it_is_not(datatrove_reasons):
+def test_at_a_threshold_is_kept_above_it_is_not(datatrove_reasons, batch_reasons):
     """3 duplicated lines of 10 is the paper's 0.3: kept; 4 of 10 is not."""
     options = {"type": "gopher_repetition", "dup_line_char_frac": None, "top_n_grams": [], "dup_n_grams": []}
     at = "\n".join([f"line number {i}" for i in range(6)] + ["again"] * 4)
