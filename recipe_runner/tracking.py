@@ -178,12 +178,17 @@ class _MlflowRun(StageTracker):
         self._stored: dict[str, set[int]] = {}  # resumed: steps of each metric the run holds already
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        now, points = int(time.time() * 1000), []
         for name, v in _numeric(metrics).items():
             k = _mlflow_key(name)
             if self.resumed and k not in self._stored:
                 self._stored[k] = {m.step for m in self.client.get_metric_history(self.run_id, k)}
             if step not in self._stored.get(k, ()):  # a step logged again after a resume is kept once
-                self.client.log_metric(self.run_id, k, v, step=step)
+                points.append(Metric(k, v, now, step))
+        if points:  # one write for the step's metrics
+            self.client.log_batch(self.run_id, metrics=points)
 
     def finish(self, metrics: Mapping[str, Any], failed: bool = False) -> None:
         for k, v in _numeric(metrics).items():

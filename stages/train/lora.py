@@ -6,6 +6,7 @@ trainable share of a model's parameters."""
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
@@ -89,3 +90,14 @@ def trainable_share(model: Any) -> dict[str, Any]:
         "total_parameters": int(n_all),
         "trainable_fraction": n_train / max(1, n_all),
     }
+
+
+def merge_saved_adapter(base_path: str, adapter_dir: str | Path, dtype: Any) -> Any:
+    """A standalone model: the base reloaded in ``dtype`` with the saved
+    adapter folded into its weights (when the trained model cannot merge in
+    place: 4-bit QLoRA weights, or a model FSDP holds sharded)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
+    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()

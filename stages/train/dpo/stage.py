@@ -202,11 +202,10 @@ def _save_gathered_policy(
     import tempfile
 
     import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     from ...common.models import model_meta, save_model_artifact
     from ..fsdp_model import save_gathered_model
+    from ..lora import merge_saved_adapter
 
     if ctx.params.lora is None:
         save_gathered_model(ctx, trainer, out)
@@ -214,6 +213,5 @@ def _save_gathered_policy(
     with tempfile.TemporaryDirectory(prefix="dpo-adapter-") as adapter_dir:
         if not save_gathered_model(ctx, trainer, Path(adapter_dir)):
             return Artifact(kind=MODEL, path=out, meta=meta)  # not rank 0: the runner commits rank 0's output
-        base_model = AutoModelForCausalLM.from_pretrained(meta["base_model"], dtype=torch.float32)
-        merged = PeftModel.from_pretrained(base_model, adapter_dir).merge_and_unload()
+        merged = merge_saved_adapter(meta["base_model"], adapter_dir, torch.float32)
     return save_model_artifact(merged, tok, out, **meta)

@@ -18,8 +18,10 @@ def is_distributed(ctx: StageContext[PretrainParams], trainer: Any) -> bool:
     """Whether the weights are saved through the trainer (gathered from the
     ranks): more than one process, or a DeepSpeed / FSDP engine, from the raw
     parameters or the launch block, even in one process."""
+    from ..fsdp_model import fsdp_enabled
+
     p = ctx.params
-    engine = bool(getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False))
+    engine = fsdp_enabled(trainer) or bool(getattr(trainer, "is_deepspeed_enabled", False))
     return bool(trainer.args.world_size > 1 or p.deepspeed is not None or p.fsdp or engine)
 
 

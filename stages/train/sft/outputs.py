@@ -44,11 +44,8 @@ def merge_adapter(base_path: str, adapter_dir: Path, p: SFTParams, trained: Any 
     if p.method == "lora" and trained is not None:
         merged = trained.merge_and_unload()
         return merged.to(torch.float32) if merged.dtype != torch.float32 and str(merged.device) == "cpu" else merged
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
     from ...common.devices import torch_dtype
+    from ..lora import merge_saved_adapter
 
     dtype = torch_dtype(p.qlora.compute_dtype) if p.method == "qlora" else torch.float32
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
-    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    return merge_saved_adapter(base_path, adapter_dir, dtype)
